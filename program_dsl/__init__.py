@@ -1,0 +1,38 @@
+"""The nsx program language: parse, type-check and compile programs into plans; no models, no torch."""
+
+from .compiler import (
+    BUILTINS,
+    DEFAULT_INPUTS,
+    EVAL,
+    RESULT,
+    Const,
+    Input,
+    Plan,
+    Ref,
+    Source,
+    Step,
+    compile_cached,
+    compile_program,
+)
+from .errors import Diagnostic, ProgramError, Span, did_you_mean
+from .evaluate import EvalError, as_number, evaluate, evaluate_text
+from .formatter import format_expr, format_program
+from .parser import DEFAULT_LIMITS, Limits, parse, parse_expression
+from .syntax import Program
+from .types import ANY, BOOL, IMAGE, NONE, NUMBER, OBJECTS, TEXT, Catalog, List, Param, Signature, Type, param, parse_type, signature
+
+__all__ = [
+    "ANY", "BOOL", "BUILTINS", "DEFAULT_INPUTS", "DEFAULT_LIMITS", "EVAL", "IMAGE", "NONE", "NUMBER", "OBJECTS",
+    "RESULT", "TEXT", "Catalog", "Const", "Diagnostic", "EvalError", "Input", "Limits", "List", "Param", "Plan",
+    "Program", "ProgramError", "Ref", "Signature", "Source", "Span", "Step", "Type", "as_number", "check",
+    "compile_cached", "compile_program", "did_you_mean", "evaluate", "evaluate_text", "format_expr",
+    "format_program", "param", "parse", "parse_expression", "parse_type", "signature",
+]
+
+
+def check(text: str, catalog: Catalog, inputs: dict[str, Type] | None = None, limits: Limits = DEFAULT_LIMITS) -> list[Diagnostic]:
+    """Every diagnostic for ``text``, errors and warnings, without raising."""
+    try:
+        return list(compile_cached(text, catalog, inputs, limits).warnings)
+    except ProgramError as e:
+        return e.diagnostics

@@ -1,0 +1,174 @@
+"""The safe expression evaluator: EVAL and expression statements run here, never in Python's eval."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from . import syntax as S
+from .parser import parse_expression
+
+
+class EvalError(Exception):
+    """A value-level failure (division by zero, comparing text with a number…) while evaluating."""
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def as_number(value: Any) -> Any:
+    """VisProg substitutes text into code: a Text that reads as a number acts as that number."""
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text) and len(text) <= 64:
+            number = float(text)
+            return int(number) if number.is_integer() and not any(c in text for c in ".eE") else number
+    return value
+
+
+def to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)) or value is None:
+        return str(value)
+    if isinstance(value, list):
+        return ", ".join(to_text(v) for v in value)
+    raise EvalError(f"cannot use a value of type {type(value).__name__} as text")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "Bool"
+    if isinstance(value, (int, float)):
+        return "Number"
+    if isinstance(value, str):
+        return "Text"
+    if isinstance(value, list):
+        return "List"
+    if value is None:
+        return "None"
+    return type(value).__name__
+
+
+def _num(value: Any, op: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EvalError(f"'{op}' needs numbers, got {_kind(value)} {to_text(value)!r}" if _kind(value) in ("Text", "None") else f"'{op}' needs numbers, got {_kind(value)}")
+    return value
+
+
+def _arith(op: str, a: Any, b: Any) -> Any:
+    if op == "+" and isinstance(a, str) and isinstance(b, str):
+        return a + b
+    x, y = _num(a, op), _num(b, op)
+    try:
+        if op == "+":
+            return x + y
+        if op == "-":
+            return x - y
+        if op == "*":
+            return x * y
+        if op == "/":
+            return x / y
+        if op == "//":
+            return x // y
+        if op == "%":
+            return x % y
+        if op == "**":
+            # Integer powers can take unbounded time and memory: large ones go through floats.
+            if isinstance(x, int) and isinstance(y, int) and abs(y) > 64 and abs(x) > 1:
+                return float(x) ** y
+            return x**y
+    except ZeroDivisionError:
+        raise EvalError("division by zero") from None
+    except OverflowError:
+        raise EvalError(f"'{op}' overflowed") from None
+    raise EvalError(f"unknown operator {op!r}")
+
+
+def _compare(op: str, a: Any, b: Any) -> bool:
+    if op == "==":
+        return bool(a == b)
+    if op == "!=":
+        return bool(a != b)
+    if op == "in":
+        if isinstance(b, str):
+            if not isinstance(a, str):
+                raise EvalError(f"'in' a text needs a text on its left, got {_kind(a)}")
+            return a in b
+        if isinstance(b, list):
+            return a in b
+        raise EvalError(f"'in' needs a text or a list on its right, got {_kind(b)}")
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if not numeric and not (isinstance(a, str) and isinstance(b, str)):
+        raise EvalError(f"cannot compare {_kind(a)} {op} {_kind(b)}")
+    if op == "<":
+        return bool(a < b)
+    if op == "<=":
+        return bool(a <= b)
+    if op == ">":
+        return bool(a > b)
+    if op == ">=":
+        return bool(a >= b)
+    raise EvalError(f"unknown comparison {op!r}")
+
+
+def evaluate(node: S.Expr, env: Mapping[str, Any]) -> Any:
+    """Evaluate an expression tree over ``env`` (variable → value). Raises EvalError only."""
+
+    def ev(n: S.Expr) -> Any:
+        if isinstance(n, S.Literal):
+            return n.value
+        if isinstance(n, S.Name):
+            if n.id not in env:
+                raise EvalError(f"no value for {n.id!r}")
+            return env[n.id]
+        if isinstance(n, S.Placeholder):
+            if n.name not in env:
+                raise EvalError(f"no value for {n.name!r}")
+            return as_number(env[n.name])
+        if isinstance(n, S.Template):
+            return "".join(p if isinstance(p, str) else to_text(env.get(p.name)) for p in n.parts)
+        if isinstance(n, S.ListExpr):
+            return [ev(i) for i in n.items]
+        if isinstance(n, S.Unary):
+            v = ev(n.operand)
+            if n.op == "not":
+                return not bool(v)
+            return -_num(v, n.op) if n.op == "-" else +_num(v, n.op)
+        if isinstance(n, S.Binary):
+            if n.op == "and":
+                return bool(ev(n.left)) and bool(ev(n.right))
+            if n.op == "or":
+                return bool(ev(n.left)) or bool(ev(n.right))
+            if n.op == "xor":
+                return bool(ev(n.left)) != bool(ev(n.right))
+            result = _arith(n.op, ev(n.left), ev(n.right))
+            if isinstance(result, float) and not math.isfinite(result):
+                raise EvalError(f"'{n.op}' gave a number out of range")
+            return result
+        if isinstance(n, S.Compare):
+            left = ev(n.left)
+            for op, c in zip(n.ops, n.comparators):
+                right = ev(c)
+                if not _compare(op, left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(n, S.IfExp):
+            return ev(n.body) if bool(ev(n.test)) else ev(n.orelse)
+        raise EvalError(f"cannot evaluate {type(n).__name__}")
+
+    return ev(node)
+
+
+@lru_cache(maxsize=4096)
+def compiled_expression(text: str) -> S.Expr:
+    """Parse a canonical expression once per text (EVAL steps carry their expression as text)."""
+    return parse_expression(text)
+
+
+def evaluate_text(text: str, env: Mapping[str, Any]) -> Any:
+    return evaluate(compiled_expression(text), env)
