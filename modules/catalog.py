@@ -31,6 +31,11 @@ CORE: tuple[Signature, ...] = (
               param("descending", "Bool", False), doc="Objects ordered by position, area or score."),
     signature("PICK", "Objects", param("box", "Objects"), param("index", "Number", 0),
               doc="The object at a position of the list (negative counts from the end)."),
+    signature("REGION", "Objects", param("image", "Image"),
+              param("box", "List[Number]", doc="x1, y1, x2, y2 in pixels"), param("label", "Text", "region"),
+              doc="A region given by its box: lets a program point at a known place without a detector."),
+    signature("TAG", "Image", param("image", "Image"), param("object", "Objects"),
+              doc="Draw the objects' boxes and labels."),
 )
 
 NEURAL: tuple[Signature, ...] = (
@@ -54,8 +59,6 @@ NEURAL: tuple[Signature, ...] = (
               doc="A list of names for a query, from a language model.", pack="hf"),
     signature("CLASSIFY", "Objects", param("image", "Image"), param("object", "Objects"),
               param("categories", "List[Text]"), doc="Label each object with one of the categories.", pack="hf"),
-    signature("TAG", "Image", param("image", "Image"), param("object", "Objects"),
-              doc="Draw the objects' boxes and labels.", pack="core"),
 )
 
 VISPROG: tuple[Signature, ...] = CORE + NEURAL

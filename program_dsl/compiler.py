@@ -11,7 +11,7 @@ from typing import Any, Union
 
 from . import syntax as S
 from .errors import Diagnostic, ProgramError, Span, did_you_mean
-from .evaluate import EvalError, as_number, evaluate, to_text
+from .evaluate import MAX_VALUE_DEPTH, EvalError, as_number, check_value, evaluate, to_text
 from .formatter import format_expr
 from .parser import DEFAULT_LIMITS, Limits, decode_string, parse, parse_expression
 from .types import ANY, BOOL, IMAGE, NONE, NUMBER, TEXT, Catalog, List, Param, Signature, Type, param, signature
@@ -240,7 +240,13 @@ class _Compiler:
         if isinstance(node, S.ListExpr):
             items = [self.expr(i) for i in node.items]
             if all(isinstance(s, Const) for s, _ in items):
-                return Const([s.value for s, _ in items]), List(join_types([t for _, t in items]))  # type: ignore[union-attr]
+                value = [s.value for s, _ in items]  # type: ignore[union-attr]
+                try:
+                    # Constants carry over between statements: one list per statement could nest without end.
+                    check_value(value)
+                except EvalError as e:
+                    return self.error(node.span, str(e), code="eval")
+                return Const(value), List(join_types([t for _, t in items]))
         return self.expression_step(node, node.span)
 
     def expression_step(self, node: S.Expr, span: Span) -> tuple[Source, Type]:
@@ -315,7 +321,12 @@ class _Compiler:
             return S.Template(tuple(merged), span), TEXT
         if isinstance(node, S.ListExpr):
             items = [self.rewrite(i, alias) for i in node.items]
-            return S.ListExpr(tuple(i for i, _ in items), span), List(join_types([t for _, t in items]))
+            typ = List(join_types([t for _, t in items]))
+            if _nesting(typ) > MAX_VALUE_DEPTH:
+                # The run would fail (check_value), and deep types break str() and JSON first.
+                self.error(span, f"the value is nested too deeply (more than {MAX_VALUE_DEPTH} levels)", code="eval")
+                typ = ANY
+            return S.ListExpr(tuple(i for i, _ in items), span), typ
         if isinstance(node, S.Unary):
             operand, t = self.rewrite(node.operand, alias)
             if node.op == "not":
@@ -397,15 +408,17 @@ class _Compiler:
     def bind(self, sig: Signature, node: S.Call) -> dict[str, tuple[Span, S.Expr]] | None:
         bound: dict[str, tuple[Span, S.Expr]] = {}
         ok = True
-        positional = [a for a in node.args if a.name is None]
-        seen_keyword = False
-        for a in node.args:
-            if a.name is not None:
-                seen_keyword = True
-            elif seen_keyword:
-                self.error(a.span, "positional argument after a keyword argument",
-                           hint=f"name it, e.g. {sig.params[0].name}=…" if sig.params else None, code="argument")
-                ok = False
+        # Only positionals before the first keyword bind by position; a later one is an error of its
+        # own and must not also bind to a parameter (which would report a bogus duplicate).
+        first_kw = next((i for i, a in enumerate(node.args) if a.name is not None), len(node.args))
+        positional = list(node.args[:first_kw])
+        misplaced = [a for a in node.args[first_kw:] if a.name is None]
+        keywords = {a.name for a in node.args if a.name is not None}
+        free = [p.name for p in sig.params[len(positional):] if p.name not in keywords]
+        for a in misplaced:
+            self.error(a.span, "positional argument after a keyword argument",
+                       hint=f"name it, e.g. {free[0]}=…" if free else None, code="argument")
+            ok = False
         if len(positional) > len(sig.params):
             extra = positional[len(sig.params)]
             n = len(sig.params)
@@ -435,8 +448,8 @@ class _Compiler:
                 continue
             bound[a.name] = (a.span, a.value)
         for p in sig.params:
-            # A misspelt argument already says which one is missing: no second error for it.
-            if p.required and p.name not in bound and p.name not in suggested:
+            # A misspelt or misplaced argument already says which one is missing: no second error for it.
+            if p.required and p.name not in bound and p.name not in suggested and p.name not in free[:len(misplaced)]:
                 self.error(node.func_span, f"{sig.name} is missing argument '{p.name}' ({p.type})",
                            hint=f"add {p.name}=…", code="missing-argument")
                 ok = False
@@ -505,6 +518,13 @@ class _Compiler:
         elif span not in step["spans"]:
             step["spans"].append(span)
         return Ref(step["id"]), typ
+
+
+def _nesting(typ: Type) -> int:
+    depth = 1
+    while typ.item is not None:
+        typ, depth = typ.item, depth + 1
+    return depth
 
 
 def _offsets(raw: str) -> list[int]:

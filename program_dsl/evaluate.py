@@ -59,6 +59,34 @@ def _num(value: Any, op: str) -> int | float:
     return value
 
 
+# Python's ints are unbounded: a few squarings (folded at compile time, so before any run) reach
+# numbers that take seconds and megabytes to compute and that str() refuses. Keep them in float range.
+_MAX_INT_BITS = 1024
+
+
+# Likewise for texts and lists: doubling one per statement, or nesting a list once more, would reach
+# gigabytes (or Python's recursion limit) within a few dozen of a program's thousand statements.
+MAX_VALUE_SIZE = 64 * 1024
+MAX_VALUE_DEPTH = 64
+
+
+def check_value(value: Any) -> Any:
+    """``value`` itself if it is within the bounds above, else EvalError. Iterative, and it stops
+    as soon as the bound is passed: the value may share sublists and be exponentially large."""
+    size = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            raise EvalError(f"the value is nested too deeply (more than {MAX_VALUE_DEPTH} levels)")
+        if isinstance(item, list):
+            stack.extend((i, depth + 1) for i in item)
+        size += len(item) if isinstance(item, (str, list)) else 1
+        if size > MAX_VALUE_SIZE:
+            raise EvalError(f"the value is too large (more than {MAX_VALUE_SIZE} characters and list items)")
+    return value
+
+
 def _arith(op: str, a: Any, b: Any) -> Any:
     if op == "+" and isinstance(a, str) and isinstance(b, str):
         return a + b
@@ -77,10 +105,13 @@ def _arith(op: str, a: Any, b: Any) -> Any:
         if op == "%":
             return x % y
         if op == "**":
-            # Integer powers can take unbounded time and memory: large ones go through floats.
-            if isinstance(x, int) and isinstance(y, int) and abs(y) > 64 and abs(x) > 1:
-                return float(x) ** y
-            return x**y
+            # Refuse an integer power sure to exceed the bound before computing it, not after.
+            if isinstance(x, int) and isinstance(y, int) and (abs(x).bit_length() - 1) * y > _MAX_INT_BITS:
+                raise OverflowError
+            result = x**y
+            if isinstance(result, complex):
+                raise EvalError("'**' of a negative number to a fractional power is not a real number")
+            return result
     except ZeroDivisionError:
         raise EvalError("division by zero") from None
     except OverflowError:
@@ -146,7 +177,9 @@ def evaluate(node: S.Expr, env: Mapping[str, Any]) -> Any:
             if n.op == "xor":
                 return bool(ev(n.left)) != bool(ev(n.right))
             result = _arith(n.op, ev(n.left), ev(n.right))
-            if isinstance(result, float) and not math.isfinite(result):
+            if (isinstance(result, float) and not math.isfinite(result)) or (
+                isinstance(result, int) and result.bit_length() > _MAX_INT_BITS
+            ):
                 raise EvalError(f"'{n.op}' gave a number out of range")
             return result
         if isinstance(n, S.Compare):
@@ -161,7 +194,7 @@ def evaluate(node: S.Expr, env: Mapping[str, Any]) -> Any:
             return ev(n.body) if bool(ev(n.test)) else ev(n.orelse)
         raise EvalError(f"cannot evaluate {type(n).__name__}")
 
-    return ev(node)
+    return check_value(ev(node))
 
 
 @lru_cache(maxsize=4096)

@@ -395,6 +395,13 @@ def _token_words(tok: Token) -> str:
     return f"'{tok}'"
 
 
+def _acceptable(e: UnexpectedInput, table: set[str]) -> set[str]:
+    """The tokens the parser would really take here. The LALR table's set for a state is wider:
+    merged states share lookaheads, so it lists ')' at the top level or a new line inside a call."""
+    parser = getattr(e, "interactive_parser", None)
+    return set(parser.accepts()) if parser is not None else table
+
+
 def _syntax_diagnostic(e: UnexpectedInput, text: str, pos_span: SpanFn | None) -> Diagnostic:
     def at(line: int, column: int, start: int, length: int) -> Span:
         if pos_span is not None:
@@ -406,13 +413,14 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, pos_span: SpanFn | None) -
         span = at(e.line, e.column, e.pos_in_stream, 1)
         if ch in "'\"":
             return Diagnostic.at(span, "unterminated string", hint=f"close it with {ch} on the same line", code="syntax")
-        expected = _expected(set(e.allowed or ()))
+        expected = _expected(_acceptable(e, set(e.allowed or ())))
         return Diagnostic.at(span, f"unexpected character {ch!r}", hint=f"expected {expected}" if expected else None, code="syntax")
     if isinstance(e, UnexpectedToken):
         tok = e.token
-        expected = _expected(set(e.expected or ()))
+        expected = _expected(_acceptable(e, set(e.expected or ())))
         if tok.type == "$END":
-            end = len(text)
+            # Point just after the last thing written, not past trailing newlines (a line with no text).
+            end = len(text.rstrip())
             line = text.count("\n", 0, end) + 1
             col = end - (text.rfind("\n", 0, end) + 1) + 1
             span = at(line, col, end, 1)

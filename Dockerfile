@@ -1,0 +1,37 @@
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# DEVICE=cuda installs PyTorch's CUDA build for the neural packs; cpu (the default) keeps the image small.
+ARG DEVICE=cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NSX_HOST=0.0.0.0 \
+    NSX_PORT=8000 \
+    NSX_DEVICE=auto
+
+RUN python3 -m venv /opt/nsx
+ENV PATH=/opt/nsx/bin:$PATH
+
+WORKDIR /src
+# Dependencies first, so editing code does not reinstall them.
+COPY pyproject.toml README.md ./
+RUN mkdir -p program_dsl modules/core app \
+    && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py app/__init__.py \
+    && pip install . \
+    && if [ "$DEVICE" = "cuda" ]; then pip install "torch==2.13.0"; fi \
+    && pip uninstall -y nsx && rm -rf program_dsl modules app build *.egg-info
+COPY program_dsl ./program_dsl
+COPY modules ./modules
+COPY app ./app
+RUN pip install --no-deps . && rm -rf /src/build /src/*.egg-info
+
+RUN useradd --system --uid 10001 --home-dir /home/nsx --create-home nsx
+USER nsx
+WORKDIR /home/nsx
+
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD python3 -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('NSX_PORT','8000'), timeout=2)" || exit 1
+CMD ["nsx", "serve"]

@@ -1,0 +1,1 @@
+"""nsx service: API, executor, result store, CLI."""

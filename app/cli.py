@@ -1,0 +1,231 @@
+"""The ``nsx`` command: serve, run, check, fmt, modules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modules.packs import PackError, build_catalog, load_packs
+from program_dsl import IMAGE, Catalog, ProgramError, compile_program, format_program
+
+from .settings import Settings
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SystemExit(f"nsx: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"nsx: {path} is not UTF-8 text") from None
+
+
+def _catalog(settings: Settings) -> Catalog:
+    try:
+        return build_catalog(load_packs(settings.pack_list()))
+    except PackError as e:
+        raise SystemExit(f"nsx: {e}") from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Type-check files against every enabled pack's signatures; no model is loaded."""
+    catalog = _catalog(Settings())
+    inputs = {n: IMAGE for n in args.input} if args.input else None
+    failed = False
+    for path in args.files:
+        text = _read(path)
+        name = "<stdin>" if path == "-" else path
+        try:
+            plan = compile_program(text, catalog, inputs)
+        except ProgramError as e:
+            print(e.render(name), file=sys.stderr)
+            failed = True
+            continue
+        for w in plan.warnings:
+            print(w.render(text, name), file=sys.stderr)
+        if not args.quiet:
+            print(f"{name}: ok ({len(plan.steps)} steps, result {plan.result_type})")
+    return 1 if failed else 0
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        text = _read(path)
+        name = "<stdin>" if path == "-" else path
+        try:
+            out = format_program(text)
+        except ProgramError as e:
+            print(e.render(name), file=sys.stderr)
+            status = 1
+            continue
+        if args.check:
+            if out != text:
+                print(f"{name}: would reformat", file=sys.stderr)
+                status = 1
+        elif args.write and path != "-":
+            Path(path).write_text(out, encoding="utf-8")
+        else:
+            sys.stdout.write(out)
+    return status
+
+
+def cmd_modules(args: argparse.Namespace) -> int:
+    settings = Settings()
+    try:
+        packs = load_packs(settings.pack_list())
+    except PackError as e:
+        raise SystemExit(f"nsx: {e}") from None
+    catalog = build_catalog(packs)
+    available = {m.name: p.name for p in packs for m in p.modules}
+    if args.json:
+        print(json.dumps([{**s.to_dict(), "available": n in available} for n, s in sorted(catalog.items())], indent=2))
+        return 0
+    table = Table(title="nsx modules")
+    for col in ("module", "pack", "arguments", "returns", "here", "doc"):
+        table.add_column(col)
+    for name, sig in sorted(catalog.items()):
+        params = ", ".join(f"{p.name}: {p.type}" + ("" if p.required else f" = {p.default!r}") for p in sig.params)
+        here = "yes" if name in available or name in ("RESULT",) else f"needs pack {sig.pack}"
+        table.add_row(name, sig.pack, params, str(sig.returns), here, sig.doc)
+    Console().print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from modules.pool import Pool
+    from modules.values import ImageValue
+
+    from .executor import Executor, StepRecord
+    from .store import open_store
+
+    settings = Settings()
+    text = _read(args.program)
+    images: dict[str, ImageValue] = {}
+    for spec in args.image:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "IMAGE", spec
+        try:
+            images[name] = ImageValue.from_bytes(Path(path).read_bytes())
+        except OSError as e:
+            raise SystemExit(f"nsx: cannot read image {path}: {e}") from None
+    try:
+        packs = load_packs(settings.pack_list())
+    except PackError as e:
+        raise SystemExit(f"nsx: {e}") from None
+    pool = Pool(packs, settings.device)
+    try:
+        plan = compile_program(text, pool.catalog, {n: IMAGE for n in images} if images else None)
+    except ProgramError as e:
+        print(e.render(args.program), file=sys.stderr)
+        return 1
+    missing = [n for n in plan.inputs if n not in images]
+    if missing:
+        print(f"nsx: the program uses {', '.join(missing)}; pass --image {missing[0]}=PATH", file=sys.stderr)
+        return 2
+    store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024)
+    console = Console(stderr=True)
+    await pool.start()
+    executor = Executor(pool, store, step_ttl_s=settings.step_ttl_s, step_timeout_s=settings.step_timeout_s)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=args.json or not console.is_terminal) as progress:
+        task = progress.add_task("running", total=len(plan.steps))
+
+        def on_step(rec: StepRecord) -> None:
+            progress.update(task, advance=1, description=f"{rec.id} {rec.module}")
+
+        execution = await executor.execute(plan, images, cache=not args.no_cache, on_step=on_step)
+    await pool.close()
+    await store.close()
+    if args.json:
+        print(json.dumps({"status": execution.status, "result": execution.result_json, "error": execution.error,
+                          "steps": [s.to_dict() for s in execution.steps]}, indent=2))
+    else:
+        table = Table(title=f"{args.program}: {execution.status} in {execution.ms:.1f} ms")
+        for col in ("step", "vars", "module", "output", "cache", "ms"):
+            table.add_column(col)
+        for s in execution.steps:
+            table.add_row(s.id, ", ".join(s.vars), s.module, _short(s.output) if s.output else f"[red]{s.error}",
+                          s.cache, f"{s.ms:.2f}")
+        Console().print(table)
+        if execution.result_json is not None:
+            print(f"result: {_short(execution.result_json)}")
+        else:
+            print(f"error: {execution.error}", file=sys.stderr)
+    return 0 if execution.status == "succeeded" else 1
+
+
+def _short(doc: dict[str, Any]) -> str:
+    kind = doc.get("type")
+    if kind == "image":
+        return f"image {doc['width']}×{doc['height']}"
+    if kind == "objects":
+        labels = ", ".join(filter(None, (i.get("label", "") for i in doc["items"][:5])))
+        return f"{doc['count']} object(s)" + (f": {labels}" if labels else "")
+    if kind == "list":
+        return "[" + ", ".join(_short(i) for i in doc["items"][:5]) + "]"
+    return json.dumps(doc.get("value"))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings()
+    uvicorn.run("app.main:app_from_env", factory=True, host=args.host or settings.host,
+                port=args.port or settings.port, log_level="info")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nsx", description="Neuro-symbolic program executor.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the HTTP service (NSX_* environment variables configure it)")
+    p.add_argument("--host", default=None, help="default NSX_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default NSX_PORT or 8000")
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("run", help="run a program in this process")
+    p.add_argument("program", help="program file, or - for standard input")
+    p.add_argument("--image", "-i", action="append", default=[], metavar="NAME=PATH", help="an input image")
+    p.add_argument("--json", action="store_true", help="print the full trace as JSON")
+    p.add_argument("--no-cache", action="store_true", help="compute every step")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("check", help="type-check programs without loading any model")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--input", action="append", default=[], metavar="NAME",
+                   help="an image variable the program may use (default IMAGE, LEFT, RIGHT)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("fmt", help="print programs in canonical form")
+    p.add_argument("files", nargs="+")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true", help="exit 1 if a file is not in canonical form")
+    g.add_argument("-w", "--write", action="store_true", help="rewrite the files in place")
+    p.set_defaults(fn=cmd_fmt)
+    p = sub.add_parser("modules", help="list the module catalog")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_modules)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Values ↔ bytes for the cache, and ↔ the typed JSON of a trace. JSON for structure, PNG for
+pixels; never pickle. Large payloads (images, masks) are artifacts stored once under their own key."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from modules.values import ImageValue, Obj, Objects, sha256_key
+
+Artifacts = dict[str, bytes]
+Fetch = Callable[[str], Awaitable[bytes | None]]
+
+
+class DecodeError(Exception):
+    """A cached value could not be rebuilt (an artifact expired): the step is recomputed instead."""
+
+
+def artifact_url(key: str) -> str:
+    return f"/v1/artifacts/{key}"
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def type_name(value: Any) -> str:
+    if isinstance(value, ImageValue):
+        return "Image"
+    if isinstance(value, Objects):
+        return "Objects"
+    if isinstance(value, bool):
+        return "Bool"
+    if isinstance(value, (int, float)):
+        return "Number"
+    if isinstance(value, str):
+        return "Text"
+    if isinstance(value, list):
+        return "List"
+    if value is None:
+        return "None"
+    return type(value).__name__
+
+
+def _obj_json(o: Obj, mask_key: str | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"box": [round(float(v), 2) for v in o.box], "score": round(float(o.score), 4), "label": o.label}
+    if o.attributes:
+        item["attributes"] = o.attributes
+    if mask_key is not None:
+        item["mask_url"] = artifact_url(mask_key)
+        item["mask_key"] = mask_key
+    return item
+
+
+def encode(value: Any) -> tuple[dict[str, Any], Artifacts]:
+    """The typed JSON form of a value (as in a trace) and the artifacts it refers to."""
+    artifacts: Artifacts = {}
+    if isinstance(value, ImageValue):
+        artifacts[value.key] = value.png()
+        return {"type": "image", "key": value.key, "width": value.width, "height": value.height,
+                "url": artifact_url(value.key)}, artifacts
+    if isinstance(value, Objects):
+        items = []
+        for o in value:
+            mask_key = None
+            if o.mask is not None:
+                png = mask_png(o.mask)
+                mask_key = sha256_key(png)
+                artifacts[mask_key] = png
+            items.append(_obj_json(o, mask_key))
+        return {"type": "objects", "image": value.image_key, "image_size": list(value.image_size),
+                "count": len(value), "items": items}, artifacts
+    if isinstance(value, bool):
+        return {"type": "bool", "value": value}, artifacts
+    if isinstance(value, (int, float)):
+        return {"type": "number", "value": value}, artifacts
+    if isinstance(value, str):
+        return {"type": "text", "value": value}, artifacts
+    if value is None:
+        return {"type": "none", "value": None}, artifacts
+    if isinstance(value, (list, tuple)):
+        items_json = []
+        for v in value:
+            j, a = encode(v)
+            items_json.append(j)
+            artifacts.update(a)
+        return {"type": "list", "items": items_json}, artifacts
+    raise TypeError(f"cannot serialise a {type(value).__name__}")
+
+
+def to_bytes(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def decode(doc: dict[str, Any], fetch: Fetch) -> Any:
+    """Rebuild a value from its JSON form, fetching the artifacts it names."""
+    kind = doc.get("type")
+    if kind == "image":
+        data = await fetch(doc["key"])
+        if data is None:
+            raise DecodeError(f"artifact {doc['key']} is gone")
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return ImageValue(img.convert("RGB"), doc["key"])
+    if kind == "objects":
+        items = []
+        for it in doc["items"]:
+            mask = None
+            if "mask_key" in it:
+                data = await fetch(it["mask_key"])
+                if data is None:
+                    raise DecodeError(f"artifact {it['mask_key']} is gone")
+                mask = np.asarray(Image.open(io.BytesIO(data))) > 127
+            items.append(Obj(tuple(it["box"]), it["score"], it.get("label", ""), it.get("attributes", {}), mask))
+        return Objects(tuple(items), doc["image"], tuple(doc["image_size"]))  # type: ignore[arg-type]
+    if kind in ("bool", "number", "text", "none"):
+        return doc["value"]
+    if kind == "list":
+        return [await decode(d, fetch) for d in doc["items"]]
+    raise DecodeError(f"unknown value type {kind!r}")
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Accept plain base64 or a ``data:image/...;base64,`` URL."""
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    return base64.b64decode(text, validate=True)

@@ -1,0 +1,38 @@
+"""Configuration from ``NSX_*`` environment variables; every field has a default that runs here."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NSX_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, description="port to listen on")
+    redis_url: str | None = Field(None, description="Redis URL; unset → the in-memory store")
+    memory_store_mb: int = Field(256, description="size of the in-memory store")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    packs: str | None = Field(None, description="comma-separated packs to enable; unset → all installed")
+    step_ttl_s: int = Field(7 * 24 * 3600, description="how long step results stay cached")
+    run_ttl_s: int = Field(30 * 24 * 3600, description="how long run records are kept")
+    image_ttl_s: int = Field(7 * 24 * 3600, description="how long uploaded images are kept")
+    step_timeout_s: float = Field(60.0, description="per-step time limit")
+    run_timeout_s: float = Field(300.0, description="per-run time limit (a request may ask for less)")
+    max_program_bytes: int = Field(64 * 1024, description="largest program accepted")
+    max_image_bytes: int = Field(20 * 1024 * 1024, description="largest image file accepted")
+    max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
+    max_images: int = Field(16, description="most images in one run")
+    api_keys: str | None = Field(None, description="comma-separated keys; set → every /v1 call needs one")
+
+    @field_validator("redis_url", "packs", "api_keys", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    def pack_list(self) -> list[str] | None:
+        return [p.strip() for p in self.packs.split(",") if p.strip()] if self.packs else None
+
+    def key_set(self) -> set[str]:
+        return {k.strip() for k in self.api_keys.split(",") if k.strip()} if self.api_keys else set()

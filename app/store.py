@@ -1,0 +1,397 @@
+"""The result store: step outputs, run records, artifacts and images, by kind and key.
+
+Two backends share one small interface. ``MemoryStore`` is the embedded default and the
+safety net; ``RedisStore`` shares results across processes and restarts. The house rule is
+"Redis down means slower, never wrong and never down", so a Redis failure is never raised to a
+caller: it is counted, the value goes to an in-process fallback, and Redis is tried again after
+a back-off instead of on every call (a dead server must not add a timeout to every step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+__all__ = [
+    "DEFAULT_FALLBACK_BYTES",
+    "DEFAULT_MEMORY_BYTES",
+    "KINDS",
+    "EventHook",
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "full_key",
+    "open_store",
+]
+
+logger = logging.getLogger("nsx.store")
+
+KINDS: frozenset[str] = frozenset({"step", "run", "art", "img"})
+KEY_PREFIX = "nsx:v1"
+DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024
+DEFAULT_FALLBACK_BYTES = 64 * 1024 * 1024
+
+# Called with "error", "reconnect", "hit" or "miss"; lets metrics be wired without the store
+# importing them.
+EventHook = Callable[[str], None]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the executor and the routes need from a result store; no method raises for outages."""
+
+    name: str
+
+    async def get(self, kind: str, key: str) -> bytes | None: ...
+
+    async def put(self, kind: str, key: str, value: bytes, ttl_s: int | None = None) -> bool: ...
+
+    async def exists(self, kind: str, key: str) -> bool: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def available(self) -> bool: ...
+
+    def stats(self) -> dict[str, int | float | bool | str]: ...
+
+
+def full_key(kind: str, key: str) -> str:
+    """The backend key. Versioned so a change of encoding can never read old entries."""
+    if kind not in KINDS:
+        # A typo here would silently split the cache; fail loudly, it is a programming error.
+        raise ValueError(f"unknown store kind {kind!r}; expected one of {sorted(KINDS)}")
+    return f"{KEY_PREFIX}:{kind}:{key}"
+
+
+def _as_bytes(value: bytes) -> bytes:
+    # bytes() copies a bytearray/memoryview so a caller mutating its buffer cannot change
+    # what is cached; a str would be encoded differently by each backend, so refuse it.
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"store values are bytes, not {type(value).__name__}")
+
+
+def _check_ttl(ttl_s: int | None) -> None:
+    # Checked here because Redis would reject these with an error that looks like an outage.
+    if ttl_s is None:
+        return
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s <= 0:
+        raise ValueError(f"ttl_s must be a positive int or None, not {ttl_s!r}")
+
+
+def _emit(hook: EventHook | None, event: str) -> None:
+    if hook is None:
+        return
+    try:
+        hook(event)
+    except Exception:  # a broken metrics callback must not break caching
+        logger.exception("store event hook failed on %r", event)
+
+
+class _Entry(NamedTuple):
+    value: bytes
+    expires_at: float | None
+
+
+class MemoryStore:
+    """A bounded LRU in this process, by value bytes, with lazily expired TTLs.
+
+    Safe for use from one asyncio loop: no method awaits between reading and updating its
+    state. Not for use from several threads at once.
+    """
+
+    name: str = "memory"
+
+    def __init__(
+        self,
+        max_bytes: int = DEFAULT_MEMORY_BYTES,
+        *,
+        on_event: EventHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.max_bytes = max_bytes
+        self._on_event = on_event
+        # Monotonic so a wall-clock jump can neither expire everything nor keep entries forever.
+        self._clock = clock
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._evictions = 0
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    async def get(self, kind: str, key: str) -> bytes | None:
+        value = self._lookup(full_key(kind, key))
+        _emit(self._on_event, "miss" if value is None else "hit")
+        return value
+
+    async def put(self, kind: str, key: str, value: bytes, ttl_s: int | None = None) -> bool:
+        _check_ttl(ttl_s)
+        return self._store(full_key(kind, key), _as_bytes(value), ttl_s)
+
+    async def exists(self, kind: str, key: str) -> bool:
+        return self._lookup(full_key(kind, key)) is not None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def stats(self) -> dict[str, int | float | bool | str]:
+        # Entries past their TTL count until touched or evicted: expiry is lazy.
+        return {
+            "backend": self.name,
+            "entries": len(self._entries),
+            "bytes": self._bytes,
+            "max_bytes": self.max_bytes,
+            "evictions": self._evictions,
+        }
+
+    # The synchronous core, on full keys, shared with RedisStore's fallback.
+
+    def _lookup(self, full: str) -> bytes | None:
+        entry = self._entries.get(full)
+        if entry is None:
+            return None
+        if entry.expires_at is not None and self._clock() >= entry.expires_at:
+            self._discard(full)
+            return None
+        self._entries.move_to_end(full)
+        return entry.value
+
+    def _store(self, full: str, value: bytes, ttl_s: int | None) -> bool:
+        # Drop any older value first: if the new one is refused, a later get must miss rather
+        # than return what the caller meant to replace.
+        self._discard(full)
+        size = len(value)
+        if size > self.max_bytes:
+            return False
+        while self._bytes + size > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= len(old.value)
+            self._evictions += 1
+        expires_at = None if ttl_s is None else self._clock() + ttl_s
+        self._entries[full] = _Entry(value, expires_at)
+        self._bytes += size
+        return True
+
+    def _discard(self, full: str) -> None:
+        entry = self._entries.pop(full, None)
+        if entry is not None:
+            self._bytes -= len(entry.value)
+
+
+class _Failed:
+    """Marks a Redis call that did not happen or did not succeed (None is a valid GET reply)."""
+
+
+_FAILED = _Failed()
+
+
+class RedisStore:
+    """Redis, with an in-process fallback and a back-off while Redis is unreachable.
+
+    The fallback holds exactly the keys whose latest write on this instance did not reach
+    Redis, and it is read first: a run record rewritten during an outage must not be shadowed
+    by the older copy Redis still holds once it is back. A successful write to Redis drops the
+    key from the fallback, so it never shadows newer data from this instance.
+    """
+
+    name: str = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        fallback_bytes: int = DEFAULT_FALLBACK_BYTES,
+        retry_after_s: float = 1.0,
+        max_retry_after_s: float = 10.0,
+        max_connections: int = 64,
+        on_event: EventHook | None = None,
+    ) -> None:
+        if retry_after_s <= 0 or max_retry_after_s < retry_after_s:
+            raise ValueError("need 0 < retry_after_s <= max_retry_after_s")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        # redis-py's own retry is turned down to one immediate retry on a connection error:
+        # that is what replaces a pooled socket the server closed (a restart), which redis-py
+        # does not notice before sending. Timeouts are not retried, so a hung server costs one
+        # socket_timeout, and everything longer-lived is this class's back-off.
+        # RESP2 because the four commands used need nothing newer and every Redis-compatible
+        # server speaks it; a URL's ?protocol=3 still wins.
+        self._client: aredis.Redis = aredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            decode_responses=False,
+            protocol=2,
+            max_connections=max_connections,
+        )
+        # The pool raises instead of waiting when all its connections are busy, which would
+        # read as an outage under load. Waiting here instead, and deciding whether to try
+        # Redis only once a slot is free, also keeps a queue of callers from each paying a
+        # timeout after the outage has already been noticed.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._fallback = MemoryStore(fallback_bytes)
+        self._on_event = on_event
+        self._retry_after_s = retry_after_s
+        self._max_retry_after_s = max_retry_after_s
+        self._available = True  # optimistic: the first call finds out
+        self._backoff_s = retry_after_s
+        self._next_attempt_at = 0.0
+        self._probing = False
+        self._closed = False
+        self._errors = 0
+        self._reconnects = 0
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def get(self, kind: str, key: str) -> bytes | None:
+        full = full_key(kind, key)
+        value = self._fallback._lookup(full)
+        if value is None:
+            reply = await self._attempt(lambda: self._client.get(full))
+            if isinstance(reply, bytes):
+                value = reply
+        _emit(self._on_event, "miss" if value is None else "hit")
+        return value
+
+    async def put(self, kind: str, key: str, value: bytes, ttl_s: int | None = None) -> bool:
+        full = full_key(kind, key)
+        data = _as_bytes(value)
+        _check_ttl(ttl_s)
+        reply = await self._attempt(lambda: self._client.set(full, data, ex=ttl_s))
+        if reply is not _FAILED and reply:
+            self._fallback._discard(full)
+            return True
+        self._fallback._store(full, data, ttl_s)
+        return False
+
+    async def exists(self, kind: str, key: str) -> bool:
+        full = full_key(kind, key)
+        if self._fallback._lookup(full) is not None:
+            return True
+        reply = await self._attempt(lambda: self._client.exists(full))
+        return isinstance(reply, int) and reply > 0
+
+    async def ping(self) -> bool:
+        """Ask Redis now, ignoring the back-off: this is the explicit health check."""
+        reply = await self._attempt(lambda: self._client.ping(), force=True)
+        return reply is not _FAILED and bool(reply)
+
+    async def close(self) -> None:
+        self._closed = True
+        try:
+            await self._client.aclose()
+        except Exception:  # closing a pool to a dead server must not fail shutdown
+            logger.debug("closing the redis client failed", exc_info=True)
+        await self._fallback.close()
+
+    def stats(self) -> dict[str, int | float | bool | str]:
+        retry_in_s = 0.0 if self._available else max(0.0, self._next_attempt_at - time.monotonic())
+        fallback = self._fallback.stats()
+        return {
+            "backend": self.name,
+            "available": self._available,
+            "errors": self._errors,
+            "reconnects": self._reconnects,
+            "retry_in_s": round(retry_in_s, 3),
+            "fallback_entries": fallback["entries"],
+            "fallback_bytes": fallback["bytes"],
+        }
+
+    async def _attempt(self, op: Callable[[], Awaitable[T]], *, force: bool = False) -> T | _Failed:
+        """Run one Redis call if the back-off allows it; _FAILED if skipped or failed."""
+        if self._closed:
+            return _FAILED
+        async with self._slots:
+            if self._available:
+                probe = owns_gate = False
+            elif force:
+                probe, owns_gate = True, False
+            elif self._probing or time.monotonic() < self._next_attempt_at:
+                return _FAILED
+            else:
+                # One caller probes; the others keep using the fallback until it answers.
+                probe = owns_gate = True
+                self._probing = True
+            try:
+                result = await op()
+            except Exception as exc:  # noqa: BLE001 - see below
+                # Every failure, whatever redis-py, the socket layer or asyncio raised: the
+                # store's promise is to degrade, never to raise. CancelledError is not an
+                # Exception and still propagates.
+                self._record_failure(exc, probe)
+                return _FAILED
+            finally:
+                if owns_gate:
+                    self._probing = False
+            if probe:
+                self._record_recovery()
+            return result
+
+    def _record_failure(self, exc: Exception, probe: bool) -> None:
+        self._errors += 1
+        _emit(self._on_event, "error")
+        now = time.monotonic()
+        if self._available:
+            self._available = False
+            self._backoff_s = self._retry_after_s
+            self._next_attempt_at = now + self._backoff_s
+            logger.warning(
+                "redis store unavailable, using the in-process fallback; retrying in %.1fs: %s: %s",
+                self._backoff_s,
+                type(exc).__name__,
+                exc,
+            )
+        elif probe:
+            self._backoff_s = min(self._backoff_s * 2, self._max_retry_after_s)
+            self._next_attempt_at = now + self._backoff_s
+            logger.info("redis store still unavailable; retrying in %.1fs: %s", self._backoff_s, exc)
+        # else: a call that began before the outage was noticed; the schedule is already set.
+
+    def _record_recovery(self) -> None:
+        if self._available:
+            return
+        self._available = True
+        self._backoff_s = self._retry_after_s
+        self._reconnects += 1
+        _emit(self._on_event, "reconnect")
+        logger.info("redis store reachable again (%d errors so far)", self._errors)
+
+
+def open_store(redis_url: str | None, memory_bytes: int, *, on_event: EventHook | None = None) -> Store:
+    """The store for these settings: Redis when a URL is given, else memory.
+
+    ``memory_bytes`` bounds what this process keeps in memory either way: the whole store, or
+    Redis's outage fallback. A malformed URL raises here, at start-up, not on the first call.
+    """
+    if redis_url:
+        return RedisStore(redis_url, fallback_bytes=memory_bytes, on_event=on_event)
+    return MemoryStore(memory_bytes, on_event=on_event)

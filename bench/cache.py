@@ -1,0 +1,99 @@
+"""Cache benchmark: a run whose steps all hit vs the same run with the cache off, and the cost of one hit.
+
+    .venv/bin/python bench/cache.py [--redis redis://127.0.0.1:6379/15] [--repeats 30]
+
+Everything is measured in this one process run, so the ratios compare like with like on a noisy machine.
+The program mixes cheap symbolic steps with image work (crops of a 1024×768 image, box drawing), so a
+miss pays real pixel work and a hit pays a store read plus decoding its value (a PNG for images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import time
+
+from PIL import Image, ImageDraw
+
+from app.executor import Executor
+from app.store import open_store
+from modules.packs import load_packs
+from modules.pool import Pool
+from modules.values import ImageValue
+from program_dsl import IMAGE, compile_program
+
+PROGRAM = """\
+A = REGION(image=IMAGE, box=[100, 100, 400, 400], label='a')
+B = REGION(image=IMAGE, box=[500, 200, 900, 600], label='b')
+BOTH = UNION(left=A, right=B)
+n = COUNT(box=BOTH)
+LEFT_PART = CROP_LEFTOF(image=IMAGE, box=B)
+TAGGED = TAG(image=LEFT_PART, object=REGION(image=LEFT_PART, box=[10, 10, 200, 200], label='corner'))
+ZOOM = CROP(image=TAGGED, box=REGION(image=TAGGED, box=[0, 0, 300, 300]))
+answer = 'two' if n == 2 else 'other'
+"""
+
+SCALAR = "n = COUNT(box=REGION(image=IMAGE, box=[1, 1, 9, 9]))\nm = n + 1\n"
+
+
+def scene() -> ImageValue:
+    img = Image.new("RGB", (1024, 768), (240, 240, 230))
+    d = ImageDraw.Draw(img)
+    for i in range(40):
+        d.ellipse((i * 23 % 1000, i * 37 % 740, i * 23 % 1000 + 30, i * 37 % 740 + 30), fill=(i * 6, 90, 200 - i * 4))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return ImageValue.from_bytes(buf.getvalue())
+
+
+async def timed(executor: Executor, program: str, image: ImageValue, cache: bool, repeats: int) -> list[float]:
+    plan = compile_program(program, executor.pool.catalog, {"IMAGE": IMAGE})
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ex = await executor.execute(plan, {"IMAGE": image}, cache=cache)
+        out.append((time.perf_counter() - t0) * 1000)
+        assert ex.status == "succeeded", ex.error
+    return out
+
+
+async def main(redis_url: str | None, repeats: int) -> None:
+    store = open_store(redis_url, 512 * 1024 * 1024)
+    pool = Pool(load_packs(["core"]), "cpu")
+    await pool.start()
+    executor = Executor(pool, store)
+    image = scene()
+    steps = len(compile_program(PROGRAM, pool.catalog, {"IMAGE": IMAGE}).steps)
+    scalar_steps = len(compile_program(SCALAR, pool.catalog, {"IMAGE": IMAGE}).steps)
+    await timed(executor, PROGRAM, image, True, 1)  # fill the cache
+    # Interleave the two conditions so drift on a shared machine hits both alike.
+    hit: list[float] = []
+    off: list[float] = []
+    s_hit: list[float] = []
+    s_off: list[float] = []
+    for _ in range(repeats):
+        hit += await timed(executor, PROGRAM, image, True, 1)
+        off += await timed(executor, PROGRAM, image, False, 1)
+        s_hit += await timed(executor, SCALAR, image, True, 1)
+        s_off += await timed(executor, SCALAR, image, False, 1)
+    med = statistics.median
+    print(f"store: {store.name}; {repeats} repeats; medians")
+    print(f"image program ({steps} steps): all hits {med(hit):.2f} ms, cache off {med(off):.2f} ms, "
+          f"off/hit = {med(off) / med(hit):.2f}x")
+    print(f"scalar program ({scalar_steps} steps): all hits {med(s_hit):.3f} ms, cache off {med(s_off):.3f} ms, "
+          f"off/hit = {med(s_off) / med(s_hit):.2f}x")
+    per_hit_us = (med(s_hit) - med(s_off)) / scalar_steps * 1000
+    print(f"overhead of a hit over computing a trivial symbolic step: {per_hit_us:.0f} µs per step")
+    print(f"time per step when every step hits (image program): {med(hit) / steps * 1000:.0f} µs")
+    await pool.close()
+    await store.close()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--redis", default=None, help="Redis URL (default: the in-memory store)")
+    ap.add_argument("--repeats", type=int, default=30)
+    a = ap.parse_args()
+    asyncio.run(main(a.redis, a.repeats))

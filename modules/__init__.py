@@ -1,0 +1,1 @@
+"""Modules: the Module interface, value types, packs and the pool that keeps models loaded."""

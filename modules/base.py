@@ -1,0 +1,77 @@
+"""The Module interface: a signature for the compiler, a version for the cache, a batched forward."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from program_dsl import Signature
+
+
+class ModuleError(Exception):
+    """A module could not compute a value for this input; the message is shown in the step record."""
+
+
+class Module(ABC):
+    """A named computation. Symbolic modules are ``cheap`` and run on the event loop; neural ones
+    run on a worker thread per device and may batch calls from many requests into one forward."""
+
+    signature: Signature
+    batchable: bool = False
+    max_batch_size: int = 1
+    cheap: bool = False
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        return self.signature.name
+
+    @property
+    def version(self) -> str:
+        """Code version plus the weights' hash where there are weights: part of every cache key."""
+        return self.signature.version
+
+    def load(self, device: str) -> None:
+        """Put weights on ``device``. Called once by the pool; symbolic modules have nothing to load."""
+        self.device = device
+
+    def warmup(self) -> None:
+        """Run once on a dummy input so the first request does not pay for lazy initialisation."""
+
+    @abstractmethod
+    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        """One result (or an Exception instance, failing just that item) per argument dict."""
+
+
+class FunctionModule(Module):
+    """A symbolic module from a plain function of its arguments."""
+
+    cheap = True
+
+    def __init__(self, sig: Signature, fn: Callable[..., Any]) -> None:
+        self.signature = sig
+        self.fn = fn
+
+    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        out: list[Any] = []
+        for args in batch:
+            try:
+                out.append(self.fn(**args))
+            except ModuleError as e:
+                out.append(e)
+        return out
+
+
+@dataclass
+class Pack:
+    """A named set of modules, found through the ``nsx.packs`` entry-point group."""
+
+    name: str
+    modules: list[Module] = field(default_factory=list)
+    doc: str = ""
+
+    @property
+    def signatures(self) -> list[Signature]:
+        return [m.signature for m in self.modules]

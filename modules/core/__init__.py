@@ -1,0 +1,173 @@
+"""The core pack: symbolic modules (counting, cropping, set operations, drawing, EVAL).
+
+They need no model, so every deployment has them and the service is useful before any neural pack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from program_dsl import EVAL, EvalError, Signature, evaluate_text
+
+from ..base import FunctionModule, Module, ModuleError, Pack
+from ..catalog import CORE
+from ..values import ImageValue, Obj, Objects
+
+_SIG = {s.name: s for s in CORE}
+
+
+def count(box: Objects) -> int:
+    return len(box)
+
+
+def exists(box: Objects) -> bool:
+    return len(box) > 0
+
+
+def _clamp_box(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, x2 = sorted((max(0, min(w, x1)), max(0, min(w, x2))))
+    y1, y2 = sorted((max(0, min(h, y1)), max(0, min(h, y2))))
+    # Never an empty crop: PIL would give a 0-pixel image that no later module can use.
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+
+
+def crop(image: ImageValue, box: Objects) -> Image.Image:
+    """The union of the boxes, enlarged by a quarter of its size each way (VisProg's context margin)."""
+    if len(box) == 0:
+        return image.image
+    x1 = min(o.box[0] for o in box)
+    y1 = min(o.box[1] for o in box)
+    x2 = max(o.box[2] for o in box)
+    y2 = max(o.box[3] for o in box)
+    mw, mh = (x2 - x1) / 4, (y2 - y1) / 4
+    return image.image.crop(_clamp_box((x1 - mw, y1 - mh, x2 + mw, y2 + mh), image.width, image.height))
+
+
+def _directional(where: str) -> Callable[[ImageValue, Objects], Image.Image]:
+    """VisProg's spatial crops: the half of the image on one side of the best box's centre.
+    'In front of' is taken as below and 'behind'/'ahead' as above, as a camera looking down sees them."""
+
+    def fn(image: ImageValue, box: Objects) -> Image.Image:
+        if len(box) == 0:
+            return image.image
+        best = max(box, key=lambda o: o.score)
+        x1, y1, x2, y2 = best.box
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        w, h = image.width, image.height
+        region = {
+            "left": (0, 0, cx, h), "right": (cx, 0, w, h),
+            "above": (0, 0, w, cy), "below": (0, cy, w, h),
+        }[where]
+        return image.image.crop(_clamp_box(region, w, h))
+
+    return fn
+
+
+_DIRECTION = {
+    "CROP_LEFTOF": "left", "CROP_RIGHTOF": "right", "CROP_ABOVE": "above", "CROP_BELOW": "below",
+    "CROP_FRONTOF": "below", "CROP_INFRONT": "below", "CROP_INFRONTOF": "below",
+    "CROP_BEHIND": "above", "CROP_AHEAD": "above",
+}
+
+
+def _same_image(op: str, left: Objects, right: Objects) -> None:
+    if left.image_key != right.image_key:
+        raise ModuleError(f"{op} needs objects found in the same image")
+
+
+def union(left: Objects, right: Objects) -> Objects:
+    _same_image("UNION", left, right)
+    items = list(left.items) + [o for o in right if not any(o.same(x) for x in left)]
+    return left.with_items(items)
+
+
+def intersect(left: Objects, right: Objects) -> Objects:
+    _same_image("INTERSECT", left, right)
+    return left.with_items([o for o in left if any(o.same(x) for x in right)])
+
+
+def difference(left: Objects, right: Objects) -> Objects:
+    _same_image("DIFFERENCE", left, right)
+    return left.with_items([o for o in left if not any(o.same(x) for x in right)])
+
+
+def sort(box: Objects, by: str, descending: bool) -> Objects:
+    keys: dict[str, Callable[[Obj], float]] = {
+        "x": lambda o: (o.box[0] + o.box[2]) / 2,
+        "y": lambda o: (o.box[1] + o.box[3]) / 2,
+        "area": lambda o: o.area,
+        "score": lambda o: o.score,
+    }
+    if by not in keys:
+        raise ModuleError(f"SORT cannot order by {by!r}; use one of {', '.join(keys)}")
+    return box.with_items(sorted(box, key=keys[by], reverse=bool(descending)))
+
+
+def pick(box: Objects, index: int | float) -> Objects:
+    if isinstance(index, float) and not index.is_integer():
+        raise ModuleError(f"PICK needs a whole index, got {index}")
+    i = int(index)
+    if not -len(box) <= i < len(box):
+        raise ModuleError(f"PICK index {i} is out of range for {len(box)} object(s)")
+    return box.with_items([box.items[i]])
+
+
+def region(image: ImageValue, box: list[float], label: str) -> Objects:
+    if len(box) != 4:
+        raise ModuleError(f"REGION's box needs 4 numbers (x1, y1, x2, y2), got {len(box)}")
+    x1, y1, x2, y2 = _clamp_box((box[0], box[1], box[2], box[3]), image.width, image.height)
+    return Objects((Obj((float(x1), float(y1), float(x2), float(y2)), 1.0, label),), image.key,
+                   (image.width, image.height))
+
+
+_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
+
+
+def tag(image: ImageValue, object: Objects) -> Image.Image:  # noqa: A002 - VisProg's argument name
+    out = image.image.copy()
+    draw = ImageDraw.Draw(out)
+    for i, o in enumerate(object):
+        colour = _PALETTE[i % len(_PALETTE)]
+        x1, y1, x2, y2 = _clamp_box(o.box, out.width, out.height)
+        draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=2)
+        if o.label:
+            draw.text((x1 + 3, max(0, y1 - 12)), o.label, fill=colour)
+    return out
+
+
+class EvalModule(Module):
+    """EVAL: the program's own expressions, run by the language's safe evaluator."""
+
+    signature = EVAL
+    cheap = True
+
+    def forward(self, batch: Any) -> list[Any]:
+        out: list[Any] = []
+        for args in batch:
+            env = {k: v for k, v in args.items() if k != "expr"}
+            try:
+                out.append(evaluate_text(args["expr"], env))
+            except EvalError as e:
+                out.append(ModuleError(str(e)))
+        return out
+
+
+def _fn(name: str, fn: Callable[..., Any]) -> FunctionModule:
+    sig: Signature = _SIG[name]
+    return FunctionModule(sig, fn)
+
+
+def pack() -> Pack:
+    mods: list[Module] = [
+        EvalModule(),
+        _fn("COUNT", count), _fn("EXISTS", exists), _fn("CROP", crop),
+        *(_fn(name, _directional(where)) for name, where in _DIRECTION.items()),
+        _fn("UNION", union), _fn("INTERSECT", intersect), _fn("DIFFERENCE", difference),
+        _fn("SORT", sort), _fn("PICK", pick),
+        _fn("REGION", region), _fn("TAG", tag),
+    ]
+    return Pack("core", mods, doc="Symbolic modules: counting, cropping, set operations, drawing, EVAL.")

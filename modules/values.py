@@ -1,0 +1,79 @@
+"""Runtime values that flow between steps. Images carry their content key, so keys chain."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def sha256_key(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class ImageValue:
+    """An RGB image and the key it is known by: sha256 of the uploaded bytes, or the step key that made it."""
+
+    image: Image.Image
+    key: str
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImageValue:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return cls(img.convert("RGB"), sha256_key(data))
+
+    def png(self) -> bytes:
+        buf = io.BytesIO()
+        self.image.save(buf, format="PNG", optimize=False, compress_level=3)
+        return buf.getvalue()
+
+
+@dataclass(frozen=True, eq=False)
+class Obj:
+    """One detected object; ``box`` is (x1, y1, x2, y2) in pixels of the source image."""
+
+    box: tuple[float, float, float, float]
+    score: float = 1.0
+    label: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None  # bool H×W over the source image
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def same(self, other: Obj) -> bool:
+        """Identity for set operations: the same box and label on the same image."""
+        return self.label == other.label and all(abs(a - b) < 0.5 for a, b in zip(self.box, other.box))
+
+
+@dataclass(frozen=True, eq=False)
+class Objects:
+    items: tuple[Obj, ...]
+    image_key: str
+    image_size: tuple[int, int]  # width, height of the source image
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Obj]:
+        return iter(self.items)
+
+    def with_items(self, items: list[Obj] | tuple[Obj, ...]) -> Objects:
+        return replace(self, items=tuple(items))

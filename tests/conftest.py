@@ -1,0 +1,189 @@
+"""Shared pytest fixtures. Add new fixtures in their own section below.
+
+Redis fixtures: ``redis_url`` is a Redis to use (flushed around each test), ``redis_server`` a
+throwaway ``redis-server`` a test may stop, restart and pause. Tests that use either are marked
+``redis`` automatically, so ``-m "not redis"`` runs everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+# --------------------------------------------------------------------------- redis
+
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # db 15: far from whatever a developer uses
+REDIS_FIXTURES = frozenset({"redis_url", "redis_server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
+def free_port() -> int:
+    """A port free right now. Racy by nature; RedisServer.start() retries on a clash."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers_ping(port: int, timeout_s: float = 0.2) -> bool:
+    # A raw PING rather than a client: it must tell "not yet listening" from "up" cheaply.
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` that keeps nothing on disk, and can be stopped and restarted
+    on the same port, so clients holding its URL see an outage and a recovery."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.log_path = workdir / f"redis-{self.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start (or restart) on ``self.port``; returns once it answers PING."""
+        if self.running:
+            return
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    "--loglevel",
+                    "warning",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            if _answers_ping(self.port):
+                return
+            time.sleep(0.02)
+        self.stop()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"redis-server did not come up on port {self.port}:\n{tail}")
+
+    def stop(self) -> None:
+        """Stop it; clients see connection refused until start()."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections are accepted but never answered, like a hung host."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
+
+def _start_throwaway(workdir: Path, why: str) -> RedisServer:
+    if shutil.which("redis-server") is None:
+        pytest.skip(f"needs Redis: {why}, and redis-server is not on PATH to start one")
+    last: Exception | None = None
+    for _ in range(3):  # free_port() can race with another process
+        server = RedisServer(workdir)
+        try:
+            server.start()
+            return server
+        except RuntimeError as e:
+            last = e
+    pytest.skip(f"needs Redis: {why}, and redis-server would not start: {last}")
+
+
+def _flush(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def _redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """NSX_TEST_REDIS_URL if set, else the local Redis on db 15, else a throwaway server."""
+    url = os.environ.get("NSX_TEST_REDIS_URL") or DEFAULT_TEST_REDIS_URL
+    probe = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        probe.ping()
+        reachable = True
+    except (redis.RedisError, OSError):
+        reachable = False
+    finally:
+        probe.close()
+    if reachable:
+        yield url
+        return
+    if os.environ.get("NSX_TEST_REDIS_URL"):
+        pytest.skip(f"needs Redis: NSX_TEST_REDIS_URL={url} does not answer PING")
+    server = _start_throwaway(tmp_path_factory.mktemp("redis"), f"{url} does not answer PING")
+    try:
+        yield f"redis://127.0.0.1:{server.port}/15"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(_redis_base_url: str) -> Iterator[str]:
+    """A Redis URL whose database is empty at the start and flushed at the end of the test."""
+    _flush(_redis_base_url)
+    yield _redis_base_url
+    _flush(_redis_base_url)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server for this test, to stop/start/pause at will; killed at teardown."""
+    server = _start_throwaway(tmp_path, "this test stops and restarts its own server")
+    try:
+        yield server
+    finally:
+        server.stop()
