@@ -1,7 +1,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
-# DEVICE=cuda installs PyTorch's CUDA build for the neural packs; cpu (the default) keeps the image small.
+# DEVICE=cpu (default) takes PyTorch's CPU build from its CPU index, keeping the image small;
+# DEVICE=cuda takes the PyPI build, which carries CUDA.
 ARG DEVICE=cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,17 +18,21 @@ ENV PATH=/opt/nsx/bin:$PATH
 WORKDIR /src
 # Dependencies first, so editing code does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p program_dsl modules/core app \
-    && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py app/__init__.py \
+RUN mkdir -p program_dsl modules/core modules/shapes app \
+    && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py modules/shapes/__init__.py app/__init__.py \
+    && if [ "$DEVICE" = "cpu" ]; then \
+         pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+         || pip install "torch==2.13.0"; \
+       fi \
     && pip install . \
-    && if [ "$DEVICE" = "cuda" ]; then pip install "torch==2.13.0"; fi \
     && pip uninstall -y nsx && rm -rf program_dsl modules app build *.egg-info
 COPY program_dsl ./program_dsl
 COPY modules ./modules
 COPY app ./app
 RUN pip install --no-deps . && rm -rf /src/build /src/*.egg-info
 
-RUN useradd --system --uid 10001 --home-dir /home/nsx --create-home nsx
+# An image root that is not world-readable (some minimal bases) would lock the service user out.
+RUN chmod 755 / && useradd --system --uid 10001 --home-dir /home/nsx --create-home nsx
 USER nsx
 WORKDIR /home/nsx
 

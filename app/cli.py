@@ -32,7 +32,7 @@ def _read(path: str) -> str:
 
 def _catalog(settings: Settings) -> Catalog:
     try:
-        return build_catalog(load_packs(settings.pack_list()))
+        return build_catalog(load_packs(settings.pack_list()), settings.module_choices())
     except PackError as e:
         raise SystemExit(f"nsx: {e}") from None
 
@@ -86,7 +86,10 @@ def cmd_modules(args: argparse.Namespace) -> int:
         packs = load_packs(settings.pack_list())
     except PackError as e:
         raise SystemExit(f"nsx: {e}") from None
-    catalog = build_catalog(packs)
+    try:
+        catalog = build_catalog(packs, settings.module_choices())
+    except PackError as e:
+        raise SystemExit(f"nsx: {e}") from None
     available = {m.name: p.name for p in packs for m in p.modules}
     if args.json:
         print(json.dumps([{**s.to_dict(), "available": n in available} for n, s in sorted(catalog.items())], indent=2))
@@ -128,7 +131,10 @@ async def _run(args: argparse.Namespace) -> int:
         packs = load_packs(settings.pack_list())
     except PackError as e:
         raise SystemExit(f"nsx: {e}") from None
-    pool = Pool(packs, settings.device)
+    try:
+        pool = Pool(packs, settings.pool_config())
+    except PackError as e:
+        raise SystemExit(f"nsx: {e}") from None
     try:
         plan = compile_program(text, pool.catalog, {n: IMAGE for n in images} if images else None)
     except ProgramError as e:

@@ -47,6 +47,7 @@ class StepRecord:
     cache: str = "off"  # hit | miss | off
     shared: bool = False
     ms: float = 0.0
+    queue_ms: float | None = None
     device: str | None = None
     batch_size: int | None = None
     error: str | None = None
@@ -71,6 +72,7 @@ class _Computed:
     value: Any
     doc: dict[str, Any]
     ms: float
+    queue_ms: float
     device: str
     batch_size: int
     persisted: bool
@@ -115,6 +117,8 @@ class Executor:
                 log.exception("step %s (%s) crashed", step.id, step.module)
                 rec.status, rec.error = "failed", f"internal error in {step.module}: {type(e).__name__}: {e}"
             finally:
+                if rec.status == "failed":
+                    self._count(step.module, "error")
                 if not done[step.id].done():
                     done[step.id].set_result(ok)
                 if on_step is not None:
@@ -154,7 +158,7 @@ class Executor:
         return StepRecord(step.id, step.module, self._version(step), list(step.vars), args)
 
     def _version(self, step: Step) -> str:
-        module = self.pool.modules.get(step.module)
+        module = self.pool.find(step.module, step.pack)
         return module.version if module is not None else step.version
 
     @staticmethod
@@ -189,7 +193,7 @@ class Executor:
                 input_keys[name] = keys[src.step]
                 args[name] = values[src.step]
         self._check_types(step, args)
-        key = step_key(step.module, rec.version, consts, input_keys)
+        key = step_key(f"{step.pack}.{step.module}", rec.version, consts, input_keys)
         rec.key, rec.inputs = key, input_keys
         keys[step.id] = key
         t0 = time.perf_counter()
@@ -198,7 +202,7 @@ class Executor:
             if hit is not None:
                 values[step.id], rec.output = hit
                 rec.status, rec.cache = "succeeded", "hit"
-                rec.ms = (time.perf_counter() - t0) * 1000
+                rec.ms = round((time.perf_counter() - t0) * 1000, 3)
                 self._count(step.module, "hit")
                 return True
             rec.cache = "miss"
@@ -220,7 +224,8 @@ class Executor:
             rec.status, rec.error = "failed", str(e)
             return False
         values[step.id], rec.output = computed.value, computed.doc
-        rec.ms, rec.device, rec.batch_size = computed.ms, computed.device, computed.batch_size
+        rec.ms, rec.queue_ms = round(computed.ms, 3), round(computed.queue_ms, 3)
+        rec.device, rec.batch_size = computed.device, computed.batch_size
         rec.status = "succeeded"
         if not computed.persisted:
             persisted[0] = False
@@ -228,7 +233,7 @@ class Executor:
 
     def _check_types(self, step: Step, args: Mapping[str, Any]) -> None:
         """Arguments typed Any at compile time (EVAL results, {X}) are checked here, before the module sees them."""
-        module = self.pool.modules.get(step.module)
+        module = self.pool.find(step.module, step.pack)
         if module is None:
             return
         for p in module.signature.params:
@@ -252,9 +257,8 @@ class Executor:
             return None
 
     async def _compute(self, step: Step, key: str, args: dict[str, Any], cache: bool) -> _Computed:
-        t0 = time.perf_counter()
-        value = await self.pool.call(step.module, args)
-        ms = (time.perf_counter() - t0) * 1000
+        called = await self.pool.call(step.module, args, step.pack)
+        value = called.value
         if isinstance(value, Image.Image):
             value = ImageValue(value.convert("RGB"), key)
         doc, artifacts = encode(value)
@@ -263,9 +267,7 @@ class Executor:
             for akey, data in artifacts.items():
                 persisted &= await self.store.put("art", akey, data, self.step_ttl_s)
             persisted &= await self.store.put("step", key, to_bytes(doc), self.step_ttl_s)
-        module = self.pool.modules.get(step.module)
-        device = "cpu" if module is None or module.cheap else module.device
-        return _Computed(value, doc, ms, device, 1, persisted)
+        return _Computed(value, doc, called.compute_ms, called.queue_ms, called.device, called.batch_size, persisted)
 
     def _count(self, module: str, outcome: str) -> None:
         if self.on_cache is not None:

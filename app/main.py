@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules.base import Pack
 from modules.packs import PackError, load_packs
+from modules.batching import BatchStats, QueueFull
 from modules.pool import Pool
 from modules.values import ImageValue, sha256_key
 from program_dsl import IMAGE, Limits, ProgramError, compile_cached, format_program
@@ -73,6 +75,7 @@ class Service:
     metrics: Metrics
     limits: Limits
     loading: asyncio.Task[None] | None = None
+    active_runs: int = 0
 
 
 def _decode_image(data: bytes, settings: Settings, what: str) -> tuple[ImageValue, str]:
@@ -96,17 +99,28 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
     """Build the app. ``packs`` overrides discovery (tests); otherwise NSX_PACKS or every installed pack."""
     settings = settings or Settings()
 
+    # Packs are found and checked now, so a bad NSX_PACKS or a name clash fails at start-up with
+    # its own message; models load later, in the background.
+    metrics = Metrics()
+    chosen = packs if packs is not None else load_packs(settings.pack_list())
+
+    def on_batch(stats: BatchStats) -> None:
+        metrics.observe_batch(stats)
+
+    pool = Pool(chosen, settings.pool_config(), on_batch=on_batch)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics = Metrics()
-        store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024)
-        try:
-            chosen = packs if packs is not None else load_packs(settings.pack_list())
-        except PackError as e:
-            raise SystemExit(f"nsx: {e}") from None
-        pool = Pool(chosen, settings.device)
+        def on_store_event(event: str) -> None:
+            if event == "error":
+                metrics.store_errors.inc()
+
+        store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024, on_event=on_store_event)
 
         def on_cache(module: str, outcome: str) -> None:
+            if outcome == "error":
+                metrics.module_errors.labels(module).inc()
+                return
             metrics.step_cache.labels(module, outcome).inc()
             if outcome == "miss":
                 metrics.module_calls.labels(module).inc()
@@ -135,6 +149,12 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"errors": [exc.body]}, status_code=exc.status)
+
+    @app.exception_handler(QueueFull)
+    async def _overloaded(_: Request, exc: QueueFull) -> JSONResponse:
+        retry = max(1, int(exc.retry_after_s + 0.999))
+        return JSONResponse({"errors": [{"message": str(exc), "hint": f"retry after {retry} s"}]}, status_code=429,
+                            headers={"Retry-After": str(retry)})
 
     @app.exception_handler(ProgramError)
     async def _program_error(request: Request, exc: ProgramError) -> JSONResponse:
@@ -188,7 +208,7 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"])
-    async def metrics(request: Request) -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
         """Prometheus metrics."""
         svc: Service = request.app.state.svc
         svc.metrics.store_available.set(1 if svc.store.available else 0)
@@ -216,7 +236,8 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
         names = {m["name"] for m in loaded}
         declared = [{"name": s.name, "pack": s.pack, "version": s.version, "state": "unavailable",
                      "signature": s.to_dict()}
-                    for n, s in sorted(svc.pool.catalog.items()) if n not in names and n not in ("EVAL", "RESULT")]
+                    for n, s in sorted(svc.pool.catalog.items())
+                    if n not in names and "." not in n and n not in ("EVAL", "RESULT")]
         return {"modules": loaded + declared}
 
     # -- images and artifacts ---------------------------------------------------------------
@@ -293,7 +314,14 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
                 warnings.append({"message": f"image {name} is not used by the program", "code": "unused-image",
                                  "severity": "warning"})
         timeout = min(run_req.options.timeout_s or settings.run_timeout_s, settings.run_timeout_s)
-        execution = await svc.executor.execute(plan, images, cache=run_req.options.cache, timeout_s=timeout)
+        svc.pool.admit(plan)
+        if svc.active_runs >= settings.max_concurrent_runs:
+            raise QueueFull("nsx", 1.0)
+        svc.active_runs += 1
+        try:
+            execution = await svc.executor.execute(plan, images, cache=run_req.options.cache, timeout_s=timeout)
+        finally:
+            svc.active_runs -= 1
         run_id = secrets.token_urlsafe(18)
         record: dict[str, Any] = {
             "run_id": run_id,
@@ -434,7 +462,12 @@ async def _parse_run_request(request: Request, settings: Settings) -> tuple[RunR
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory app.main:app_from_env``."""
-    return create_app()
+    """Factory for ``uvicorn --factory app.main:app_from_env``: configuration errors end the process
+    with their message, not a traceback."""
+    try:
+        return create_app()
+    except (PackError, ValueError) as e:
+        print(f"nsx: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 

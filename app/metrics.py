@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from modules.batching import BatchStats
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -23,7 +25,25 @@ class Metrics:
         self.store_errors = Counter("nsx_store_errors", "Result store backend errors", registry=r)
         self.runs_unpersisted = Counter("nsx_runs_unpersisted", "Runs whose record or steps could not be persisted",
                                         registry=r)
+        self.batch_calls = Counter("nsx_module_batched_calls", "Calls that went through a module's forward",
+                                   ["module"], registry=r)
+        self.batches = Counter("nsx_module_batches", "Forward passes (batches) per module", ["module"], registry=r)
+        self.batch_size = Histogram("nsx_module_batch_size", "Calls per forward pass", ["module"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.queue_wait = Histogram("nsx_module_queue_wait_seconds", "Time a call waited for its batch", ["module"],
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.compute = Histogram("nsx_module_compute_seconds", "Forward pass time", ["module"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
         self.program_errors = Counter("nsx_program_errors", "Programs rejected with diagnostics", registry=r)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        """Average batch size is nsx_module_batched_calls_total ÷ nsx_module_batches_total."""
+        self.batch_calls.labels(stats.module).inc(stats.size)
+        self.batches.labels(stats.module).inc()
+        self.batch_size.labels(stats.module).observe(stats.size)
+        for wait in stats.queue_wait_s:
+            self.queue_wait.labels(stats.module).observe(wait)
+        self.compute.labels(stats.module).observe(stats.compute_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

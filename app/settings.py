@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modules.pool import PoolConfig
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NSX_", extra="ignore")
@@ -24,15 +26,35 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, description="largest image file accepted")
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
     max_images: int = Field(16, description="most images in one run")
+    batching: bool = Field(True, description="merge concurrent calls to a batchable module into one forward")
+    max_batch_size: int | None = Field(None, ge=1, description="cap on batch size; unset → each module's own")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more calls")
+    max_queue: int = Field(256, ge=1, description="calls queued per module before new runs get 429")
+    max_concurrent_runs: int = Field(512, ge=1, description="runs executing at once before new ones get 429")
+    lazy_load: bool = Field(False, description="load models on first use instead of at start-up")
+    module_packs: str | None = Field(None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
     api_keys: str | None = Field(None, description="comma-separated keys; set → every /v1 call needs one")
 
-    @field_validator("redis_url", "packs", "api_keys", mode="before")
+    @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
     def pack_list(self) -> list[str] | None:
         return [p.strip() for p in self.packs.split(",") if p.strip()] if self.packs else None
+
+    def module_choices(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for item in (self.module_packs or "").split(","):
+            name, sep, pack = item.partition("=")
+            if sep and name.strip() and pack.strip():
+                out[name.strip()] = pack.strip()
+        return out
+
+    def pool_config(self) -> PoolConfig:
+        return PoolConfig(device=self.device, batching=self.batching, max_batch_size=self.max_batch_size,
+                          max_wait_ms=self.batch_wait_ms, max_queue=self.max_queue, lazy=self.lazy_load,
+                          choose=self.module_choices())
 
     def key_set(self) -> set[str]:
         return {k.strip() for k in self.api_keys.split(",") if k.strip()} if self.api_keys else set()

@@ -37,6 +37,10 @@ class Module(ABC):
         """Put weights on ``device``. Called once by the pool; symbolic modules have nothing to load."""
         self.device = device
 
+    def parameter_count(self) -> int:
+        """Number of trained parameters (0 for symbolic modules)."""
+        return 0
+
     def warmup(self) -> None:
         """Run once on a dummy input so the first request does not pay for lazy initialisation."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from importlib.metadata import entry_points
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from importlib.metadata import EntryPoint, entry_points
 
 from program_dsl import Catalog, Signature
 
@@ -11,53 +13,82 @@ from .base import Module, Pack
 from .catalog import VISPROG
 
 GROUP = "nsx.packs"
+log = logging.getLogger("nsx.packs")
 
 
 class PackError(Exception):
     """A pack cannot be found, fails to load, or clashes with another."""
 
 
-def installed_packs() -> dict[str, object]:
+def installed_packs() -> dict[str, EntryPoint]:
     """Entry points of every installed pack, by name, without importing them."""
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
 def load_packs(enabled: Iterable[str] | None = None) -> list[Pack]:
-    """Import the enabled packs (all installed ones when ``enabled`` is None)."""
+    """Import the enabled packs. ``None`` means every installed pack that imports here: one that
+    cannot (a missing optional dependency) is skipped with a warning instead of stopping the service;
+    a pack named explicitly must load."""
     found = installed_packs()
-    names = list(found) if enabled is None else [n.strip() for n in enabled if n.strip()]
+    explicit = enabled is not None
+    names = [n.strip() for n in enabled if n.strip()] if enabled is not None else sorted(found)
     packs: list[Pack] = []
     for name in names:
         ep = found.get(name)
         if ep is None:
             raise PackError(f"pack {name!r} is not installed; installed packs: {', '.join(sorted(found)) or 'none'}")
-        factory = ep.load()  # type: ignore[attr-defined]
-        pack = factory()
+        try:
+            pack = ep.load()()
+        except Exception as e:  # noqa: BLE001 - a pack's own import error, reported by name
+            if explicit:
+                raise PackError(f"pack {name!r} failed to load: {type(e).__name__}: {e}") from e
+            log.warning("skipping pack %s: %s: %s", name, type(e).__name__, e)
+            continue
         if not isinstance(pack, Pack):
             raise PackError(f"entry point {name!r} did not return a Pack")
+        if pack.name != name:
+            pack = replace(pack, name=name)
         packs.append(pack)
     return packs
 
 
-def modules_by_name(packs: Iterable[Pack]) -> dict[str, Module]:
-    """One module per name; a name offered twice is an error naming both packs."""
-    out: dict[str, Module] = {}
-    owner: dict[str, str] = {}
+def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = None) -> tuple[dict[str, Module], dict[str, str]]:
+    """Every module under its qualified name (``pack.NAME``), and which pack each plain name means.
+    A plain name offered by two packs is an error unless ``choose`` (NSX_MODULE_PACKS) settles it;
+    the qualified names stay usable either way."""
+    choose = dict(choose or {})
+    qualified: dict[str, Module] = {}
+    offered: dict[str, list[str]] = {}
     for pack in packs:
         for module in pack.modules:
-            if module.name in out:
-                raise PackError(f"module {module.name} is offered by packs {owner[module.name]!r} and {pack.name!r}; "
-                                "enable only one of them (NSX_PACKS)")
-            out[module.name] = module
-            owner[module.name] = pack.name
-    return out
+            qualified[f"{pack.name}.{module.name}"] = module
+            offered.setdefault(module.name, []).append(pack.name)
+    default: dict[str, str] = {}
+    for name, owners in offered.items():
+        if name in choose:
+            if choose[name] not in owners:
+                raise PackError(f"NSX_MODULE_PACKS picks pack {choose[name]!r} for {name}, "
+                                f"but only {', '.join(owners)} offer it")
+            default[name] = f"{choose[name]}.{name}"
+        elif len(owners) > 1:
+            raise PackError(f"module {name} is offered by packs {', '.join(repr(o) for o in owners)}: "
+                            f"choose one with NSX_MODULE_PACKS={name}={owners[0]}, or call it qualified "
+                            f"({owners[0]}.{name})")
+        else:
+            default[name] = f"{owners[0]}.{name}"
+    return qualified, default
 
 
-def build_catalog(packs: Iterable[Pack]) -> Catalog:
-    """Signatures of every enabled module, plus VisProg's declared ones so their programs type-check
-    even where no pack here runs them (running such a step fails, naming the pack to install)."""
+def build_catalog(packs: Iterable[Pack], choose: Mapping[str, str] | None = None) -> Catalog:
+    """Signatures of every enabled module (plain and qualified names), plus VisProg's declared ones so
+    their programs type-check even where no pack here runs them (running such a step fails, naming
+    the pack to install)."""
+    packs = list(packs)
+    qualified, default = resolve_modules(packs, choose)
+    pack_of = {q: q.split(".", 1)[0] for q in qualified}
     sigs: dict[str, Signature] = {s.name: s for s in VISPROG}
-    for pack in packs:
-        for s in pack.signatures:
-            sigs[s.name] = s
+    own: dict[str, Signature] = {q: replace(m.signature, pack=pack_of[q]) for q, m in qualified.items()}
+    sigs.update(own)
+    for name, q in default.items():
+        sigs[name] = own[q]
     return Catalog(sigs)

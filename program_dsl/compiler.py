@@ -506,7 +506,7 @@ class _Compiler:
                 return {"step": self.steps[int(src.step[1:]) - 1]["fingerprint"]}
             return source_to_dict(src)
 
-        blob = json.dumps({"module": sig.name, "version": sig.version, "args": {k: part(v) for k, v in args.items()}},
+        blob = json.dumps({"module": sig.name, "pack": sig.pack, "version": sig.version, "args": {k: part(v) for k, v in args.items()}},
                           sort_keys=True, ensure_ascii=False, default=str)
         fp = hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
         step = self.by_fp.get(fp)

@@ -84,6 +84,9 @@ _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 def decode_string(raw: str) -> tuple[str, list[int]]:
     """Decode a quoted literal; also return, for every decoded character, its index in ``raw``
     (plus one entry for the end), so positions inside an EVAL string map back to the source."""
+    if "\\" not in raw:
+        # Most literals have no escape: every character is itself, one place further on.
+        return raw[1:-1], list(range(1, len(raw)))
     out: list[str] = []
     offsets: list[int] = []
     i, end = 1, len(raw) - 1

@@ -83,7 +83,7 @@ def test_check_returns_the_same_diagnostics_without_raising(path: Path) -> None:
 
 def test_unexpected_token() -> None:
     assert only("BOX0=LOC(image=IMAGE,object='muffin')\nANSWER0=COUNT(box=BOX0))\n") == Seen(
-        "unexpected ')'", 2, 24, 25, "expected ';', a new line or the end of the program", "syntax"
+        "unexpected ')'", 2, 24, 25, "expected ';', a new line, the end of the program or an operator", "syntax"
     )
 
 
@@ -124,7 +124,7 @@ def test_unexpected_character() -> None:
 
 def test_unexpected_end_points_after_the_last_thing_written() -> None:
     assert only("BOX0=LOC(image=IMAGE,object='muffin')\nANSWER0=COUNT(box=BOX0\n\n") == Seen(
-        "unexpected end of program", 2, 23, 24, "expected ')' or ','", "syntax"
+        "unexpected end of program", 2, 23, 24, "expected ')', ',' or an operator", "syntax"
     )
     assert only("x = 1 +") == Seen("unexpected end of program", 1, 8, 9, "expected an expression", "syntax")
 

@@ -1,0 +1,75 @@
+"""A real convolutional network with seeded random weights, for exercising the pool — batching,
+devices, half precision — where no trained pack is wanted (tests, benchmarks). Not a pack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from program_dsl import param, signature
+
+from .base import ModuleError
+from .torch_module import TorchModule
+from .values import ImageValue
+
+
+class ConvNet(nn.Module):
+    """Six conv blocks and a linear head: about 0.3 M parameters, a few ms per 64×64 image on a CPU core."""
+
+    def __init__(self, width: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        chans = [3, width, width, 2 * width, 2 * width, 4 * width, 4 * width]
+        for i, (a, b) in enumerate(zip(chans, chans[1:])):
+            layers += [nn.Conv2d(a, b, 3, stride=2 if i % 2 else 1, padding=1), nn.BatchNorm2d(b), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class ConvProbe(TorchModule):
+    """PROBE(image) → the index of the network's highest logit on the image resized to 64×64."""
+
+    signature = signature("PROBE", "Number", param("image", "Image"), pack="demo",
+                          doc="Class index from a randomly initialised conv net (for tests and benchmarks).")
+    supports_half = True
+    max_batch_size = 64
+    side = 64
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return ConvNet()
+
+    def run(self, net: nn.Module, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        tensors: list[torch.Tensor] = []
+        out: list[Any] = [None] * len(batch)
+        good: list[int] = []
+        for i, args in enumerate(batch):
+            image = args.get("image")
+            if not isinstance(image, ImageValue) or min(image.width, image.height) < 2:
+                out[i] = ModuleError("PROBE needs an image of at least 2×2 pixels")
+                continue
+            arr = np.asarray(image.image.resize((self.side, self.side)), dtype=np.float32) / 255.0
+            tensors.append(torch.from_numpy(arr).permute(2, 0, 1))
+            good.append(i)
+        if tensors:
+            x = torch.stack(tensors).to(self.device, self.dtype)
+            logits = net(x).float().cpu()
+            for i, row in zip(good, logits):
+                out[i] = int(row.argmax())
+        return out
+
+    def warmup(self) -> None:
+        assert self.net is not None
+        with torch.inference_mode():
+            self.net(torch.zeros(1, 3, self.side, self.side, device=self.device, dtype=self.dtype))

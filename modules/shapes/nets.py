@@ -1,0 +1,344 @@
+"""The shapes world's two networks, in plain torch, top to bottom.
+
+1. ``Detector``: image → objects. CenterNet-style: a small encoder-decoder predicts, at 1/4 of the
+   input resolution, a centre heatmap, each centre's box size and sub-cell offset, a foreground
+   logit per pixel and, for every foreground pixel, the vector to its object's centre
+   (Panoptic-DeepLab's trick). Peaks of the heatmap are the objects; each foreground pixel goes to
+   the peak its vector points at, which separates touching and overlapping objects into instance
+   masks without any proposal machinery. Chosen because every part is a dense per-pixel loss:
+   it learns fast on a CPU and decodes with a max-pool and an argmin.
+2. ``AttributeNet``: object crop (RGB + its soft mask, ``crop`` × ``crop``) plus the box's size in
+   the image → logits for every attribute (shape, colour, size, material). Crops are resized, so the
+   box size and mask area go in as numbers: that is what tells a large object from a small one.
+
+Weights are saved with safetensors, the config as JSON in the file's metadata, so a file alone
+rebuilds its network (no pickle anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .world import ATTRIBUTES
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Block(nn.Module):
+    """A residual block: two 3×3 convolutions."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(c)
+        self.c2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.b1(self.c1(x)), inplace=True)
+        return F.relu(x + self.b2(self.c2(y)), inplace=True)
+
+
+# ----------------------------------------------------------------------------- detector
+
+
+@dataclass
+class DetectorConfig:
+    input_size: int = 256  # every image is resized to this square before detection
+    widths: tuple[int, int, int, int] = (16, 32, 64, 96)  # at strides 2, 4, 8, 16
+    blocks: tuple[int, int, int] = (1, 2, 2)  # residual blocks at strides 4, 8, 16
+    head: int = 32
+    stride: int = 4
+    peak_threshold: float = 0.3
+    max_objects: int = 24
+    mask_threshold: float = 0.5
+
+
+# Output channels of the detector's head, in order.
+HEAT, OFF_X, OFF_Y, SIZE_W, SIZE_H, FG, VEC_X, VEC_Y = range(8)
+SIZE_SCALE = 64.0  # box sizes are regressed in units of this many pixels
+VEC_SCALE = 8.0  # centre vectors in units of this many cells
+
+
+class Detector(nn.Module):
+    def __init__(self, cfg: DetectorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w2, w4, w8, w16 = cfg.widths
+        n4, n8, n16 = cfg.blocks
+        self.stem = nn.Sequential(conv_bn(3, w2, stride=2), conv_bn(w2, w4, stride=2))
+        self.s4 = nn.Sequential(*[Block(w4) for _ in range(n4)])
+        self.s8 = nn.Sequential(conv_bn(w4, w8, stride=2), *[Block(w8) for _ in range(n8)])
+        self.s16 = nn.Sequential(conv_bn(w8, w16, stride=2), *[Block(w16) for _ in range(n16)])
+        self.lat16 = nn.Conv2d(w16, w8, 1)
+        self.up8 = conv_bn(w8, w8)
+        self.lat8 = nn.Conv2d(w8, w4, 1)
+        self.up4 = conv_bn(w4, cfg.head)
+        self.out = nn.Conv2d(cfg.head, 8, 1)
+        # CenterNet's prior: the heatmap starts near 0.1% everywhere, so early focal loss is sane.
+        nn.init.constant_(self.out.bias, 0.0)
+        with torch.no_grad():
+            self.out.bias[HEAT] = -4.6
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: B×3×S×S in [0, 1] → B×8×(S/4)×(S/4) raw head outputs."""
+        x = (x - 0.5) / 0.25
+        f4 = self.s4(self.stem(x))
+        f8 = self.s8(f4)
+        f16 = self.s16(f8)
+        y8 = self.up8(f8 + F.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest"))
+        y4 = self.up4(f4 + F.interpolate(self.lat8(y8), scale_factor=2.0, mode="nearest"))
+        return self.out(y4)
+
+
+def focal_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """CenterNet's penalty-reduced focal loss; ``target`` is 1 at centres and a Gaussian around them."""
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1 - pos
+    pos_loss = torch.log(p) * (1 - p) ** 2 * pos
+    neg_loss = torch.log(1 - p) * p**2 * (1 - target) ** 4 * neg
+    n = pos.sum().clamp(min=1)
+    return -(pos_loss.sum() + neg_loss.sum()) / n
+
+
+@dataclass
+class DetectorTargets:
+    """Training targets for a batch, at the head's resolution unless said otherwise."""
+
+    heat: Tensor  # B×1×h×w
+    reg: Tensor  # B×4×h×w: offset x, y (cells) and size w, h (/SIZE_SCALE), valid at centres
+    reg_mask: Tensor  # B×1×h×w
+    fg: Tensor  # B×1×S×S: full-resolution foreground
+    vec: Tensor  # B×2×h×w: vector to the centre (/VEC_SCALE cells), valid where vec_mask
+    vec_mask: Tensor  # B×1×h×w
+
+
+def detector_loss(out: Tensor, t: DetectorTargets) -> tuple[Tensor, dict[str, float]]:
+    heat = focal_loss(out[:, HEAT:HEAT + 1], t.heat)
+    n = t.reg_mask.sum().clamp(min=1)
+    reg = (F.l1_loss(out[:, OFF_X:SIZE_H + 1], t.reg, reduction="none") * t.reg_mask).sum() / n
+    # Foreground is scored after upsampling, so the low-resolution logits learn sharp boundaries.
+    fg_logits = F.interpolate(out[:, FG:FG + 1], size=t.fg.shape[-2:], mode="bilinear", align_corners=False)
+    fg = F.binary_cross_entropy_with_logits(fg_logits, t.fg)
+    nv = t.vec_mask.sum().clamp(min=1)
+    vec = (F.l1_loss(out[:, VEC_X:VEC_Y + 1], t.vec, reduction="none") * t.vec_mask).sum() / nv
+    total = heat + reg + fg + vec
+    return total, {"heat": heat.item(), "reg": reg.item(), "fg": fg.item(), "vec": vec.item()}
+
+
+@dataclass
+class Detection:
+    """One decoded object in the detector's input pixels."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    mask: Tensor  # bool S×S
+    soft: Tensor  # float (S/4)×(S/4): this object's foreground probability, for the attribute net
+
+
+def peaks(heat: Tensor, threshold: float, k: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Local maxima of a B×1×h×w probability map above ``threshold``: (ys, xs, scores) per image."""
+    local = F.max_pool2d(heat, 3, 1, 1)
+    keep = (heat == local) & (heat > threshold)
+    out = []
+    for b in range(heat.shape[0]):
+        ys, xs = torch.nonzero(keep[b, 0], as_tuple=True)
+        scores = heat[b, 0, ys, xs]
+        order = torch.argsort(scores, descending=True)[:k]
+        out.append((ys[order], xs[order], scores[order]))
+    return out
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of N×4 and M×4 boxes (x1, y1, x2, y2) → N×M."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-6)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
+    """Indices kept by greedy non-maximum suppression, best first (torchvision's, in plain torch)."""
+    order = torch.argsort(scores, descending=True)
+    ious = box_iou(boxes, boxes)
+    keep: list[int] = []
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    for i in order.tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= ious[i] > iou
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def decode(out: Tensor, cfg: DetectorConfig) -> list[list[Detection]]:
+    """Raw head outputs (B×8×h×w) → objects per image, boxes and masks in input pixels."""
+    B, _, h, w = out.shape
+    S, st = cfg.input_size, cfg.stride
+    heat = torch.sigmoid(out[:, HEAT:HEAT + 1])
+    fg_low = torch.sigmoid(out[:, FG:FG + 1])
+    fg_full = F.interpolate(out[:, FG:FG + 1], size=(S, S), mode="bilinear", align_corners=False)[:, 0] > 0
+    vec_full = F.interpolate(out[:, VEC_X:VEC_Y + 1], size=(S, S), mode="bilinear", align_corners=False)
+    # Where each pixel says its object's centre is, in input pixels.
+    pix = (torch.arange(S, dtype=out.dtype) + 0.5)
+    results: list[list[Detection]] = []
+    for b, (ys, xs, scores) in enumerate(peaks(heat, cfg.peak_threshold, cfg.max_objects)):
+        if len(ys) == 0:
+            results.append([])
+            continue
+        o = out[b]
+        cx = (xs.to(out.dtype) + o[OFF_X, ys, xs]) * st
+        cy = (ys.to(out.dtype) + o[OFF_Y, ys, xs]) * st
+        bw = o[SIZE_W, ys, xs].clamp(min=0.01) * SIZE_SCALE
+        bh = o[SIZE_H, ys, xs].clamp(min=0.01) * SIZE_SCALE
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).clamp(0, S)
+        keep = nms(boxes, scores, 0.7)
+        boxes, scores, cx, cy = boxes[keep], scores[keep], cx[keep], cy[keep]
+        tx = pix[None, :] + vec_full[b, 0] * VEC_SCALE * st
+        ty = pix[:, None] + vec_full[b, 1] * VEC_SCALE * st
+        d2 = (tx[None] - cx[:, None, None]) ** 2 + (ty[None] - cy[:, None, None]) ** 2  # K×S×S
+        owner = d2.argmin(0)
+        # A pixel whose vector points nowhere near any centre is not given to anyone.
+        near = d2.gather(0, owner[None])[0] <= (0.75 * torch.maximum(bw[keep], bh[keep])[owner]) ** 2
+        fg = fg_full[b] & near
+        low_owner = F.interpolate(owner[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+        dets: list[Detection] = []
+        for k in range(len(keep)):
+            m = fg & (owner == k)
+            if int(m.sum()) == 0:
+                continue
+            ys_m, xs_m = torch.nonzero(m, as_tuple=True)
+            # The mask's extent is the box: it is what the truth's boxes are, and it contains the mask.
+            mbox = (float(xs_m.min()), float(ys_m.min()), float(xs_m.max() + 1), float(ys_m.max() + 1))
+            soft = fg_low[b, 0] * (low_owner == k).to(out.dtype)
+            dets.append(Detection(mbox, float(scores[k]), m, soft))
+        results.append(dets)
+    return results
+
+
+# ----------------------------------------------------------------------------- attribute classifier
+
+
+@dataclass
+class AttributeConfig:
+    crop: int = 32
+    margin: float = 0.15  # context added around the box on each side, as a share of its size
+    widths: tuple[int, int, int, int] = (32, 48, 96, 128)
+    hidden: int = 128
+    attributes: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in ATTRIBUTES.items()})
+
+
+class AttributeNet(nn.Module):
+    def __init__(self, cfg: AttributeConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        a, b, c, d = cfg.widths
+        self.features = nn.Sequential(
+            conv_bn(4, a), conv_bn(a, b, stride=2), conv_bn(b, b), conv_bn(b, c, stride=2), conv_bn(c, c),
+            conv_bn(c, d, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.mlp = nn.Sequential(nn.Linear(d + 3, cfg.hidden), nn.ReLU(inplace=True))
+        self.heads = nn.ModuleDict({k: nn.Linear(cfg.hidden, len(v)) for k, v in cfg.attributes.items()})
+
+    def forward(self, crops: Tensor, geometry: Tensor) -> dict[str, Tensor]:
+        """``crops``: N×4×c×c (RGB in [0, 1], mask in [0, 1]); ``geometry``: N×3 (box w, h, √mask area,
+        as shares of the image side) → logits per attribute."""
+        x = torch.cat([(crops[:, :3] - 0.5) / 0.25, crops[:, 3:] * 2 - 1], 1)
+        h = self.mlp(torch.cat([self.features(x), geometry * 10], 1))
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+def crop_grids(boxes: Tensor, size: int, crop: int, margin: float) -> Tensor:
+    """Sampling grids (N×crop×crop×2, grid_sample's [-1, 1] coordinates) for boxes in pixels of a
+    ``size``-sided image, each enlarged by ``margin`` of its size per side and made square."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    # Square crops keep shapes' proportions: a diamond never turns into a square by resizing.
+    half = torch.maximum(x2 - x1, y2 - y1) * (0.5 + margin) + 1.0
+    t = (torch.arange(crop, dtype=boxes.dtype) + 0.5) / crop * 2 - 1  # -1..1 across the crop
+    gx = (cx[:, None] + t[None, :] * half[:, None]) / size * 2 - 1
+    gy = (cy[:, None] + t[None, :] * half[:, None]) / size * 2 - 1
+    return torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+
+
+def sample_crops(images: Tensor, soft_masks: Tensor, owners: Tensor, boxes: Tensor, cfg: AttributeConfig) -> Tensor:
+    """Crops of N objects from B images in one ``grid_sample``: each image's crops are stacked as
+    rows of one tall sampling grid, so no image is ever copied per object.
+
+    ``images``: B×3×S×S in [0, 1]; ``soft_masks``: N×m×m, each object's mask (any resolution, it is
+    sampled over the same image area); ``owners``: N image indices; ``boxes``: N×4 pixels."""
+    B, _, S, _ = images.shape
+    c = cfg.crop
+    grids = crop_grids(boxes, S, c, cfg.margin)
+    counts = torch.bincount(owners, minlength=B)
+    rows = int(counts.max()) if len(owners) else 0
+    if rows == 0:
+        return images.new_zeros((0, 4, c, c))
+    slot = torch.zeros_like(owners)
+    seen = torch.zeros(B, dtype=torch.long)
+    for i, o in enumerate(owners.tolist()):  # position of each object among its image's crops
+        slot[i] = seen[o]
+        seen[o] += 1
+    tall = images.new_full((B, rows, c, c, 2), -2.0)  # off-image: padding rows sample zeros
+    tall[owners, slot] = grids
+    rgb = F.grid_sample(images, tall.view(B, rows * c, c, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    rgb = rgb.view(B, 3, rows, c, c).permute(0, 2, 1, 3, 4)[owners, slot]
+    mask = F.grid_sample(soft_masks[:, None], grids, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.cat([rgb, mask], 1)
+
+
+def geometry(boxes: Tensor, mask_area: Tensor, size: int) -> Tensor:
+    """The numbers that say how big an object is once its crop has been resized."""
+    return torch.stack([(boxes[:, 2] - boxes[:, 0]) / size, (boxes[:, 3] - boxes[:, 1]) / size,
+                        mask_area.clamp(min=0).sqrt() / size], 1)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def save(model: nn.Module, cfg: Any, path: Path, extra: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(asdict(cfg)), "kind": type(model).__name__, **(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _config(cls: type, raw: dict[str, Any]) -> Any:
+    known = {f: raw[f] for f in cls.__dataclass_fields__ if f in raw}
+    for k, v in known.items():
+        if isinstance(v, list) and k != "attributes":
+            known[k] = tuple(v)
+    return cls(**known)
+
+
+def load(path: Path, device: str = "cpu") -> Detector | AttributeNet:
+    """Rebuild a network from a safetensors file alone (config from its metadata), in eval mode."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    raw = json.loads(meta["config"])
+    model: Detector | AttributeNet
+    if meta.get("kind") == "Detector":
+        model = Detector(_config(DetectorConfig, raw))
+    elif meta.get("kind") == "AttributeNet":
+        model = AttributeNet(_config(AttributeConfig, raw))
+    else:
+        raise ValueError(f"{path} holds no shapes network (kind {meta.get('kind')!r})")
+    model.load_state_dict(load_file(str(path), device="cpu"))
+    return model.to(device).eval()

@@ -1,0 +1,73 @@
+"""Base for modules backed by a torch network: weights from safetensors (never pickle), placed on
+the pool's device once, eval mode, half precision on CUDA where the module allows it."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from .base import Module
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class TorchModule(Module):
+    batchable = True
+    max_batch_size = 16
+    supports_half = False
+    code_version = "1"
+    weights: Path | None = None
+
+    def __init__(self) -> None:
+        self.net: torch.nn.Module | None = None
+        self.dtype = torch.float32
+        self._version: str | None = None
+
+    @abstractmethod
+    def build(self) -> torch.nn.Module:
+        """The network, freshly initialised; ``load`` fills in the weights."""
+
+    @abstractmethod
+    def run(self, net: torch.nn.Module, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        """One forward over the whole batch (called under inference mode, on the module's device)."""
+
+    @property
+    def version(self) -> str:
+        """The code version plus the weights' hash: new weights never serve stale cached results."""
+        if self._version is None:
+            digest = file_digest(self.weights)[:12] if self.weights is not None else "untrained"
+            self._version = f"{self.signature.version}.{self.code_version}+{digest}"
+        return self._version
+
+    def load(self, device: str) -> None:
+        net = self.build()
+        if self.weights is not None:
+            net.load_state_dict(load_file(str(self.weights)))
+        net.eval()
+        if device.startswith("cuda") and self.supports_half:
+            net.half()
+            self.dtype = torch.float16
+        self.net = net.to(device)
+        self.device = device
+
+    def parameter_count(self) -> int:
+        net = self.net if self.net is not None else self.build()
+        return sum(p.numel() for p in net.parameters())
+
+    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        if self.net is None:
+            raise RuntimeError(f"{self.name} is not loaded")
+        with torch.inference_mode():
+            return self.run(self.net, batch)

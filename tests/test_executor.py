@@ -1,0 +1,137 @@
+"""The executor on its own: concurrency, sharing of identical steps, timeouts, failures, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from app.executor import Executor, step_key
+from app.store import MemoryStore
+from modules.base import Module, Pack
+from modules.core import pack as core_pack
+from modules.pool import Pool
+from modules.values import ImageValue
+from program_dsl import IMAGE, compile_program, param, signature
+
+
+class Slow(Module):
+    """A module that takes real time off the event loop and counts its calls."""
+
+    signature = signature("SLOW", "Number", param("image", "Image"), param("seconds", "Number", 0.2),
+                          pack="test", version="3")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        with self.lock:
+            self.calls += len(batch)
+        time.sleep(batch[0]["seconds"])
+        return [a["image"].width for a in batch]
+
+
+class Crash(Module):
+    signature = signature("CRASH", "Number", param("image", "Image"), pack="test")
+
+    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        raise RuntimeError("boom")
+
+
+def image(color: tuple[int, int, int] = (1, 2, 3)) -> ImageValue:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 16), color).save(buf, format="PNG")
+    return ImageValue.from_bytes(buf.getvalue())
+
+
+@pytest.fixture
+async def setup() -> Any:
+    slow = Slow()
+    pool = Pool([core_pack(), Pack("test", [slow, Crash()])], "cpu")
+    await pool.start()
+    executor = Executor(pool, MemoryStore(), step_timeout_s=5)
+    yield executor, slow
+    await pool.close()
+
+
+def plan(executor: Executor, text: str) -> Any:
+    return compile_program(text, executor.pool.catalog, {"IMAGE": IMAGE})
+
+
+async def test_identical_steps_in_flight_are_computed_once(setup: Any) -> None:
+    executor, slow = setup
+    p1 = plan(executor, "a = SLOW(image=IMAGE)\nb = a + 1\n")
+    p2 = plan(executor, "width = SLOW(IMAGE, 0.2)\nc = width * 2\n")
+    img = image()
+    r1, r2 = await asyncio.gather(executor.execute(p1, {"IMAGE": img}), executor.execute(p2, {"IMAGE": img}))
+    assert slow.calls == 1
+    assert (r1.result, r2.result) == (33, 64)
+    assert sorted([r1.steps[0].shared, r2.steps[0].shared]) == [False, True]
+    assert r1.steps[0].key == r2.steps[0].key
+
+
+async def test_independent_steps_run_concurrently(setup: Any) -> None:
+    executor, slow = setup
+    # Two different SLOW steps share one device worker, so they serialise there; but the symbolic
+    # steps that do not depend on them must not wait behind them.
+    p = plan(executor, "a = SLOW(image=IMAGE, seconds=0.3)\nn = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n")
+    done_at: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ex = await executor.execute(p, {"IMAGE": image()}, on_step=lambda r: done_at.setdefault(r.module, time.perf_counter() - t0))
+    assert ex.status == "succeeded"
+    assert done_at["COUNT"] < done_at["SLOW"]
+
+
+async def test_step_timeout_fails_that_step_only(setup: Any) -> None:
+    executor, _ = setup
+    executor.step_timeout_s = 0.05
+    p = plan(executor, "a = SLOW(image=IMAGE, seconds=0.3)\nb = a + 1\nn = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n")
+    ex = await executor.execute(p, {"IMAGE": image()})
+    by_module = {s.module: s for s in ex.steps}
+    assert by_module["SLOW"].status == "failed" and "timed out" in (by_module["SLOW"].error or "")
+    assert by_module["EVAL"].status == "skipped"
+    assert by_module["COUNT"].status == "succeeded"
+    assert ex.status == "failed"
+
+
+async def test_run_timeout(setup: Any) -> None:
+    executor, _ = setup
+    p = plan(executor, "a = SLOW(image=IMAGE, seconds=0.4)\n")
+    ex = await executor.execute(p, {"IMAGE": image()}, timeout_s=0.05)
+    assert ex.status == "failed" and ex.error == "run timed out after 0.05 s"
+
+
+async def test_crashing_module_fails_its_step(setup: Any) -> None:
+    executor, _ = setup
+    ex = await executor.execute(plan(executor, "x = CRASH(image=IMAGE)\n"), {"IMAGE": image()})
+    assert ex.status == "failed"
+    assert ex.steps[0].error == "internal error in CRASH: RuntimeError: boom"
+    ok = await executor.execute(plan(executor, "n = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n"), {"IMAGE": image()})
+    assert ok.status == "succeeded"
+
+
+async def test_runtime_type_check_for_any(setup: Any) -> None:
+    executor, _ = setup
+    # Objects or Text: the compiler types x as Any, so the check happens when the value is known.
+    p = plan(executor, "R = REGION(image=IMAGE, box=[0, 0, 4, 4])\nx = R if COUNT(box=R) > 5 else 'none'\nn = COUNT(box=x)\n")
+    ex = await executor.execute(p, {"IMAGE": image()})
+    assert ex.steps[-1].error == "COUNT expects Objects for 'box', got Text"
+
+
+async def test_keys_chain_and_depend_on_version(setup: Any) -> None:
+    executor, slow = setup
+    p = plan(executor, "a = SLOW(image=IMAGE, seconds=0)\n")
+    img = image()
+    first = await executor.execute(p, {"IMAGE": img})
+    assert first.steps[0].inputs == {"image": img.key}
+    assert first.steps[0].key == step_key("test.SLOW", "3", {"seconds": 0}, {"image": img.key})
+    assert step_key("test.SLOW", "4", {"seconds": 0}, {"image": img.key}) != first.steps[0].key
+    other = await executor.execute(p, {"IMAGE": image((9, 9, 9))})
+    assert other.steps[0].key != first.steps[0].key and other.steps[0].cache == "miss"
