@@ -110,7 +110,7 @@ class Executor:
             rec = records[step.id]
             ok = False
             try:
-                ok = await self._run_step(step, rec, plan, images, values, keys, done, cache, persisted)
+                ok = await self._run_step(step, rec, images, values, keys, done, cache, persisted)
             except ModuleError as e:
                 rec.status, rec.error = "failed", str(e)
             except Exception as e:  # noqa: BLE001 - one step's bug fails that step, not the service
@@ -169,7 +169,7 @@ class Executor:
             return images[src.name]
         return values[src.step]
 
-    async def _run_step(self, step: Step, rec: StepRecord, plan: Plan, images: Mapping[str, ImageValue],
+    async def _run_step(self, step: Step, rec: StepRecord, images: Mapping[str, ImageValue],
                         values: dict[str, Any], keys: dict[str, str], done: Mapping[str, asyncio.Future[bool]],
                         cache: bool, persisted: list[bool]) -> bool:
         deps = step.refs()

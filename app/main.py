@@ -26,7 +26,7 @@ from modules.base import Pack
 from modules.packs import PackError, load_packs
 from modules.batching import BatchStats, QueueFull
 from modules.pool import Pool
-from modules.values import ImageValue, sha256_key
+from modules.values import ImageValue
 from program_dsl import IMAGE, Limits, ProgramError, compile_cached, format_program
 
 from .executor import Executor

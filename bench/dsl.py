@@ -23,10 +23,10 @@ from pathlib import Path
 # Runnable as a plain script from a checkout, without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lark  # noqa: E402
+import lark
 
-from modules.catalog import VISPROG  # noqa: E402
-from program_dsl import Catalog, compile_cached, compile_program, parse  # noqa: E402
+from modules.catalog import VISPROG
+from program_dsl import Catalog, compile_cached, compile_program, parse
 
 # Ten statements in VisProg's style: detection, crops, counting, VQA, EVAL, SORT, RESULT.
 PROGRAM = """\

@@ -66,6 +66,10 @@ def _lark() -> Lark:
     return Lark(
         grammar,
         parser="lalr",
+        # Not Lark's default contextual lexer: it lexes by what the parser expects, so where 'if'
+        # may come but a name may not, 'iffy' became 'if' + 'fy', and where a name may come but
+        # 'in' may not, 'in' was a name. Keywords are reserved words, as in Python.
+        lexer="basic",
         start=["start", "eval_expr"],
         postlex=BracketNewlines(),
         keep_all_tokens=True,
@@ -84,9 +88,6 @@ _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 def decode_string(raw: str) -> tuple[str, list[int]]:
     """Decode a quoted literal; also return, for every decoded character, its index in ``raw``
     (plus one entry for the end), so positions inside an EVAL string map back to the source."""
-    if "\\" not in raw:
-        # Most literals have no escape: every character is itself, one place further on.
-        return raw[1:-1], list(range(1, len(raw)))
     out: list[str] = []
     offsets: list[int] = []
     i, end = 1, len(raw) - 1

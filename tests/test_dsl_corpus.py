@@ -186,7 +186,8 @@ def test_spacing_comments_semicolons_and_crlf_do_not_change_the_fingerprint() ->
 
 def test_what_is_computed_does_change_the_fingerprint() -> None:
     base = "COUNT(LOC(IMAGE, 'dog'))"
-    for other in ["COUNT(LOC(IMAGE, 'dogs'))", "COUNT(LOC(LEFT, 'dog'))", "EXISTS(LOC(IMAGE, 'dog'))", "LOC(IMAGE, 'dog')"]:
+    others = ["COUNT(LOC(IMAGE, 'dogs'))", "COUNT(LOC(LEFT, 'dog'))", "EXISTS(LOC(IMAGE, 'dog'))", "LOC(IMAGE, 'dog')"]
+    for other in others:
         assert fingerprint(other) != fingerprint(base), other
 
 

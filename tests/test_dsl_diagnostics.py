@@ -112,12 +112,15 @@ def test_unterminated_string() -> None:
 
 
 def test_a_string_cannot_span_lines() -> None:
-    assert only("q = 'what\nis it?'\n") == Seen("unterminated string", 1, 5, 6, "close it with ' on the same line", "syntax")
+    assert only("q = 'what\nis it?'\n") == Seen(
+        "unterminated string", 1, 5, 6, "close it with ' on the same line", "syntax"
+    )
 
 
 def test_unexpected_character() -> None:
     assert only("n = COUNT(box=BOX0) $ 2") == Seen(
-        "unexpected character '$'", 1, 21, 22, "expected ';', a new line, the end of the program or an operator", "syntax"
+        "unexpected character '$'", 1, 21, 22,
+        "expected ';', a new line, the end of the program or an operator", "syntax",
     )
     assert only("x = 1 +\\\n 2") == Seen("unexpected character '\\\\'", 1, 8, 9, "expected an expression", "syntax")
 
@@ -136,7 +139,31 @@ def test_unexpected_end_of_line() -> None:
 def test_syntax_errors_inside_eval_point_into_the_string() -> None:
     text = "ANSWER0=VQA(image=IMAGE,question='How many?')\nANSWER1=EVAL(expr=\"'yes' if {ANSWER0} > 2 'no'\")\n"
     assert only(text) == Seen("unexpected string 'no'", 2, 43, 47, "expected 'else' or an operator", "syntax")
-    assert only("x = EVAL(expr='1 +')") == Seen("unexpected end of program", 1, 19, 20, "expected an expression", "syntax")
+    assert only("x = EVAL(expr='1 +')") == Seen(
+        "unexpected end of program", 1, 19, 20, "expected an expression", "syntax"
+    )
+
+
+def test_a_keyword_at_the_start_of_a_name_is_part_of_the_name() -> None:
+    # 'iffy' is one name, never 'if' + 'fy' (which, with fy defined, would compile to something else).
+    assert only("fy = True\nx = 1 iffy else 2") == Seen(
+        "unexpected name 'iffy'", 2, 7, 11, "expected ';', a new line, the end of the program or an operator", "syntax"
+    )
+    assert only("x = 1 inside [1]").message == "unexpected name 'inside'"
+    assert only("a = True\nb = a xoracle").message == "unexpected name 'xoracle'"
+
+
+@pytest.mark.parametrize("keyword", ["if", "else", "and", "or", "xor", "not", "in", "True", "False", "None"])
+def test_keywords_are_reserved(keyword: str) -> None:
+    # 'not', True, False and None may start an expression, so the error is the '=' after them.
+    wrong = "'='" if keyword in ("not", "True", "False", "None") else f"'{keyword}'"
+    assert only(f"{keyword} = 1").message == f"unexpected {wrong}"
+    assert only(f"x = LOC(IMAGE, {keyword}=1)").code == "syntax"
+
+
+def test_names_that_only_contain_keywords_are_fine() -> None:
+    plan = compile_program("iffy = 1\ninside = 2\nnotable = iffy + inside\nNone_left = notable", CATALOG)
+    assert plan.result.value == 3  # type: ignore[union-attr]
 
 
 def test_a_syntax_error_stops_at_the_first_one() -> None:
@@ -274,7 +301,9 @@ def test_undefined_variable_lists_the_inputs_when_nothing_is_close() -> None:
 
 def test_eval_placeholder_naming_an_undefined_variable_points_inside_the_string() -> None:
     text = "ANSWER0=VQA(image=LEFT,question='q')\nANSWER2=EVAL(expr='{ANSWER0} + {ANSWER3} == 3')"
-    assert only(text) == Seen("undefined variable 'ANSWER3'", 2, 32, 41, "did you mean 'ANSWER0'?", "undefined-variable")
+    assert only(text) == Seen(
+        "undefined variable 'ANSWER3'", 2, 32, 41, "did you mean 'ANSWER0'?", "undefined-variable"
+    )
 
 
 def test_eval_placeholder_column_counts_escapes_in_the_source() -> None:
@@ -475,7 +504,11 @@ def test_unused_variable_warning() -> None:
     )
     # A warning never stops compilation; the plan carries it.
     assert compile_program(text, CATALOG).warnings == (w,)
-    assert w.render(text, "p.nsx") == "p.nsx:2:1: warning: 'BOX1' is assigned but never used\n    BOX1=LOC(image=IMAGE,object='dog')\n    ^^^^"
+    assert w.render(text, "p.nsx") == (
+        "p.nsx:2:1: warning: 'BOX1' is assigned but never used\n"
+        "    BOX1=LOC(image=IMAGE,object='dog')\n"
+        "    ^^^^"
+    )
 
 
 def test_the_result_and_variables_it_names_are_not_unused() -> None:

@@ -197,6 +197,12 @@ def test_in() -> None:
         ev("'a' in 3")
 
 
+def test_evaluate_takes_a_parsed_expression_and_an_environment() -> None:
+    # What evaluate_text does in two steps; the executor keeps the parsed form per EVAL text.
+    expr = parse_expression("'yes' if {x0} > 2 else 'no'")
+    assert [evaluate(expr, {"x0": n}) for n in (1, "3")] == ["no", "yes"]
+
+
 def test_lists() -> None:
     assert ev("[1, x, 'a', [True]]", x=2) == [1, 2, "a", [True]]
     assert ev("[]") == []
@@ -246,9 +252,7 @@ def test_placeholder_leaves_non_text_values_alone() -> None:
     [("yes", "yes"), (3, "3"), (2.5, "2.5"), (True, "True"), (None, "None"), (["a", "b"], "a, b")],
 )
 def test_quoted_placeholder_substitutes_the_text_of_the_value(value: Any, text: str) -> None:
-    expr = parse_expression("'<{x}>'", lambda a, b: program_dsl.Span(1, a + 1, 1, b + 1))
-    # parse_expression outside EVAL mode still reads '{x}' in strings as a template: EVAL strings are that mode.
-    assert evaluate(expr, {"x": value}) == f"<{text}>"
+    assert ev("'<{x}>'", x=value) == f"<{text}>"
 
 
 def test_quoted_placeholder_in_a_comparison() -> None:
@@ -400,7 +404,7 @@ def test_attribute_access_does_not_parse(tmp_path: Path) -> None:
         f"x = EVAL(expr=\"__import__('os').system('touch {marker}')\")",
         "x = ().__class__.__bases__[0].__subclasses__()",
         "x = IMAGE.__class__",
-        f"x = EVAL(expr=\"{{IMAGE}}.__class__\")",
+        "x = EVAL(expr=\"{IMAGE}.__class__\")",
     ]
     for text in attacks:
         with pytest.raises(ProgramError):

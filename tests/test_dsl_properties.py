@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modules.catalog import VISPROG
@@ -254,6 +254,9 @@ def test_generated_programs_do_not_depend_on_variable_names_or_line_ends(text: s
     assert compile_program(text.replace("\r\n", "\n").replace("\n", "\r\n"), CATALOG).fingerprint() == fingerprint
 
 
+MARKS = ("EVAL(", "RESULT(", "LOC(", "COUNT(", " xor ", " if ", "[", "\r\n", ";", "#")
+
+
 def test_the_generator_reaches_every_kind_of_statement() -> None:
     # Guard against a generator that silently stopped producing some form.
     seen: set[str] = set()
@@ -261,7 +264,7 @@ def test_the_generator_reaches_every_kind_of_statement() -> None:
     @settings(max_examples=60, deadline=None, database=None)
     @given(programs())
     def collect(text: str) -> None:
-        seen.update(m for m in ("EVAL(", "RESULT(", "LOC(", "COUNT(", " xor ", " if ", "[", "\r\n", ";", "#") if m in text)
+        seen.update(m for m in MARKS if m in text)
 
     collect()
     assert {"EVAL(", "RESULT(", "LOC(", "COUNT(", " if ", "[", ";"} <= seen, seen
@@ -347,23 +350,30 @@ VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3),
     max_leaves=6,
 )
-EXPR_CHARS = "xyz{}'0123456789.+-*/%<>=!() ,[]"
+ATOMS = st.sampled_from(["x", "y", "{x}", "'{y}'", "'<{x}>'", "1", "2.5", "0", "-3", "'a'", "True", "None", "[x, y]", "[]"])
+BINARY = st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", ">=", "in", "and", "or", "xor"])
+
+
+def _combine(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    # Every compound is parenthesised: each draw is an expression that parses.
+    return st.one_of(
+        st.tuples(inner, BINARY, inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        inner.map(lambda e: f"(not {e})"),
+        inner.map(lambda e: f"(-{e})"),
+        st.tuples(inner, inner, inner).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})"),
+        st.tuples(inner, inner, inner).map(lambda t: f"({t[0]} < {t[1]} <= {t[2]})"),
+        st.lists(inner, max_size=3).map(lambda items: "[" + ", ".join(items) + "]"),
+    )
+
+
+EXPRESSIONS = st.recursive(ATOMS, _combine, max_leaves=12)
 
 
 @settings(SETTINGS, max_examples=400)
-@given(
-    st.lists(st.sampled_from(["x", "{x}", "'{y}'", "y", "1", "2.5", "0", "-3", "'a'", "[x, y]", "True", "None",
-                              "+", "-", "*", "/", "//", "%", "**", "<", "==", "in", "and", "or", "xor", "not",
-                              "if", "else", "(", ")"]), min_size=1, max_size=12),
-    VALUES,
-    VALUES,
-)
-def test_evaluator_raises_only_eval_error(tokens: list[str], x: Any, y: Any) -> None:
-    try:
-        expr = parse_expression(" ".join(tokens))
-    except ProgramError:
-        assume(False)
-        return
+@given(EXPRESSIONS, VALUES, VALUES)
+def test_evaluator_raises_only_eval_error(text: str, x: Any, y: Any) -> None:
+    # Values of every kind (NaN, huge ints, nested lists, text) into every operator.
+    expr = parse_expression(text)
     start = time.perf_counter()
     try:
         evaluate(expr, {"x": x, "y": y})

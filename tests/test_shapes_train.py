@@ -1,0 +1,61 @@
+"""Training on a tiny configuration, and the committed weights against their committed report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from modules.shapes import ATTRIBUTES_FILE, DETECTOR_FILE, WEIGHTS, Loc, nets
+from modules.shapes.train import HELDOUT_SEED_OFFSET, TrainConfig, evaluate, make_scenes, train
+from modules.shapes.world import ObjectSpec, WorldConfig, compose
+from modules.values import ImageValue
+
+
+def test_tiny_training_lowers_the_loss_and_writes_weights_and_report(tmp_path: Path) -> None:
+    cfg = TrainConfig(scenes=16, heldout=4, det_steps=16, det_batch=4, attr_steps=16, attr_batch=4,
+                      workers=1, minutes=5, world=WorldConfig(max_objects=5))
+    report = train(cfg, tmp_path)
+    for part in ("detector_training", "attribute_training"):
+        log = report[part]
+        assert log["steps"] == 16 and not log["time_bound"]
+        assert log["last_loss"] < log["first_loss"], log
+    assert {p.name for p in tmp_path.iterdir()} == {"detector.safetensors", "attributes.safetensors", "report.json"}
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["seed"] == 0 and saved["scene_counts"]["train"] == 16
+    assert set(saved["heldout"]["detector"]) >= {"precision", "recall"}
+    # The files alone rebuild the networks, and the pack runs on them.
+    assert isinstance(nets.load(tmp_path / "detector.safetensors"), nets.Detector)
+    loc = Loc(tmp_path)
+    loc.load("cpu")
+    image = compose([ObjectSpec("circle", "red", "large", "solid", 80, 80)]).pil()
+    [out] = loc.forward([{"image": ImageValue(image, "sha256:t"), "object": "object"}])
+    assert out.image_key == "sha256:t"
+
+
+def test_same_seed_same_first_steps(tmp_path: Path) -> None:
+    cfg = TrainConfig(scenes=8, heldout=2, det_steps=3, det_batch=4, attr_steps=3, attr_batch=4, workers=1, minutes=5)
+    a = train(cfg, tmp_path / "a")
+    b = train(cfg, tmp_path / "b")
+    assert a["detector_training"]["curve"] == b["detector_training"]["curve"]
+    assert a["attribute_training"]["curve"] == b["attribute_training"]["curve"]
+
+
+@pytest.mark.skipif(not (WEIGHTS / DETECTOR_FILE).is_file(), reason="no trained weights")
+def test_committed_weights_reach_the_committed_report() -> None:
+    report = json.loads((WEIGHTS / "report.json").read_text())
+    loc = Loc()
+    loc.load("cpu")
+    assert (WEIGHTS / DETECTOR_FILE).stat().st_size + (WEIGHTS / ATTRIBUTES_FILE).stat().st_size <= 20 * 2**20
+    # The first 40 of the report's held-out scenes: a fixed sample of the same distribution.
+    cfg = TrainConfig()
+    held = make_scenes(report["seed"] + HELDOUT_SEED_OFFSET, 40, cfg.world, workers=1)
+    torch.set_num_threads(2)
+    got = evaluate(loc.detector, loc.attrnet, held)
+    want = report["heldout"]
+    assert got["detector"]["precision"] >= want["detector"]["precision"] - 0.01
+    assert got["detector"]["recall"] >= want["detector"]["recall"] - 0.01
+    for attr, acc in want["attributes_on_detections"].items():
+        assert got["attributes_on_detections"][attr] >= acc - 0.01, attr
