@@ -31,8 +31,7 @@ COPY modules ./modules
 COPY app ./app
 RUN pip install --no-deps . && rm -rf /src/build /src/*.egg-info
 
-# An image root that is not world-readable (some minimal bases) would lock the service user out.
-RUN chmod 755 / && useradd --system --uid 10001 --home-dir /home/nsx --create-home nsx
+RUN useradd --system --uid 10001 --home-dir /home/nsx --create-home nsx
 USER nsx
 WORKDIR /home/nsx
 

@@ -38,10 +38,9 @@ def serve(port: int, batching: bool) -> None:
     from modules.packs import load_packs
 
     packs = [core_pack(), Pack("demo", [ConvProbe()])]
-    try:
+    weights = os.path.join(ROOT, "modules", "shapes", "weights", "detector.safetensors")
+    if os.path.exists(weights):  # the trained detector when there is one; PROBE otherwise
         packs += [p for p in load_packs(["shapes"]) if p.modules]
-    except Exception:  # noqa: BLE001 - the benchmark falls back to PROBE
-        pass
     app = create_app(Settings(batching=batching, max_queue=4096), packs=packs)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
