@@ -19,7 +19,7 @@ from modules.pool import Pool
 from modules.values import ImageValue
 from program_dsl import Const, Input, Plan, Ref, Step
 
-from .serialize import DecodeError, decode, encode, to_bytes, type_name
+from .serialize import DecodeError, artifact_keys, decode, encode, to_bytes, type_name
 from .store import Store
 
 log = logging.getLogger("nsx.executor")
@@ -78,10 +78,15 @@ class _Computed:
     persisted: bool
 
 
-class StepFailed(Exception):
-    pass
+@dataclass(frozen=True)
+class _Cached:
+    """A step output found in the cache, kept as its JSON until some computed step needs the value."""
+
+    doc: dict[str, Any]
 
 
+_DOC_TYPES = {"image": "Image", "objects": "Objects", "number": "Number", "bool": "Bool", "text": "Text",
+              "list": "List", "none": "None"}
 _TYPE_OK = {"Image": {"Image"}, "Objects": {"Objects"}, "Number": {"Number"}, "Bool": {"Bool"},
             "Text": {"Text"}, "List": {"List"}, "None": {"None"}}
 
@@ -139,7 +144,14 @@ class Executor:
         result_json: dict[str, Any] | None = None
         if not failed:
             result = self._resolve(plan.result, images, values)
-            result_json, _ = encode(result)
+            if isinstance(result, _Cached):
+                result_json = result.doc
+                try:
+                    result = await self._materialize(result)
+                except ModuleError:
+                    result = None  # the JSON answer stands; only the in-process value is missing
+            else:
+                result_json, _ = encode(result)
         elif error is None:
             first = next(r for r in failed if r.status == "failed")
             error = f"step {first.id} ({first.module}) failed: {first.error}"
@@ -193,20 +205,25 @@ class Executor:
                 input_keys[name] = keys[src.step]
                 args[name] = values[src.step]
         self._check_types(step, args)
+        # The key needs only the inputs' keys, not their values: a step that hits never decodes
+        # what it depends on, and a run where every step hits decodes nothing but its result.
         key = step_key(f"{step.pack}.{step.module}", rec.version, consts, input_keys)
         rec.key, rec.inputs = key, input_keys
         keys[step.id] = key
         t0 = time.perf_counter()
         if cache:
-            hit = await self._lookup(key)
-            if hit is not None:
-                values[step.id], rec.output = hit
+            doc = await self._lookup(key)
+            if doc is not None:
+                values[step.id], rec.output = _Cached(doc), doc
                 rec.status, rec.cache = "succeeded", "hit"
                 rec.ms = round((time.perf_counter() - t0) * 1000, 3)
                 self._count(step.module, "hit")
                 return True
             rec.cache = "miss"
             self._count(step.module, "miss")
+        for name, value in args.items():
+            if isinstance(value, _Cached):
+                args[name] = await self._materialize(value)
         task = self._inflight.get(key) if cache else None
         if task is None:
             task = asyncio.create_task(self._compute(step, key, args, cache))
@@ -239,22 +256,33 @@ class Executor:
         for p in module.signature.params:
             if p.name not in args or p.type.name == "Any":
                 continue
-            got = type_name(args[p.name])
+            value = args[p.name]
+            got = _DOC_TYPES.get(value.doc.get("type"), "?") if isinstance(value, _Cached) else type_name(value)
             if got == "None" and p.default is None:
                 continue
             if got not in _TYPE_OK.get(p.type.name, {p.type.name}):
                 raise ModuleError(f"{step.module} expects {p.type} for '{p.name}', got {got}")
 
-    async def _lookup(self, key: str) -> tuple[Any, dict[str, Any]] | None:
+    async def _lookup(self, key: str) -> dict[str, Any] | None:
+        """The cached output's JSON, if it and every artifact it names are still in the store."""
         raw = await self.store.get("step", key)
         if raw is None:
             return None
         try:
             doc = json.loads(raw)
-            return await decode(doc, lambda k: self.store.get("art", k)), doc
-        except (DecodeError, ValueError, KeyError, TypeError, OSError) as e:
+            for akey in artifact_keys(doc):
+                if not await self.store.exists("art", akey):
+                    return None
+            return doc  # type: ignore[no-any-return]
+        except (ValueError, KeyError, TypeError) as e:
             log.warning("cached step %s is unreadable (%s); recomputing", key, e)
             return None
+
+    async def _materialize(self, cached: _Cached) -> Any:
+        try:
+            return await decode(cached.doc, lambda k: self.store.get("art", k))
+        except (DecodeError, ValueError, KeyError, TypeError, OSError) as e:
+            raise ModuleError(f"a cached input is no longer readable ({e}); run again with the cache off") from None
 
     async def _compute(self, step: Step, key: str, args: dict[str, Any], cache: bool) -> _Computed:
         called = await self.pool.call(step.module, args, step.pack)

@@ -96,6 +96,18 @@ def encode(value: Any) -> tuple[dict[str, Any], Artifacts]:
     raise TypeError(f"cannot serialise a {type(value).__name__}")
 
 
+def artifact_keys(doc: dict[str, Any]) -> list[str]:
+    """Keys of the artifacts a value's JSON refers to (images, masks), at any depth."""
+    kind = doc.get("type")
+    if kind == "image":
+        return [doc["key"]]
+    if kind == "objects":
+        return [it["mask_key"] for it in doc["items"] if "mask_key" in it]
+    if kind == "list":
+        return [k for item in doc["items"] for k in artifact_keys(item)]
+    return []
+
+
 def to_bytes(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 

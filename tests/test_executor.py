@@ -135,3 +135,35 @@ async def test_keys_chain_and_depend_on_version(setup: Any) -> None:
     assert step_key("test.SLOW", "4", {"seconds": 0}, {"image": img.key}) != first.steps[0].key
     other = await executor.execute(p, {"IMAGE": image((9, 9, 9))})
     assert other.steps[0].key != first.steps[0].key and other.steps[0].cache == "miss"
+
+
+class CountingStore(MemoryStore):
+    """Counts artifact reads, to show what a cache hit does not have to fetch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.art_reads = 0
+
+    async def get(self, kind: str, key: str) -> bytes | None:
+        if kind == "art":
+            self.art_reads += 1
+        return await super().get(kind, key)
+
+
+async def test_hits_do_not_decode_images_nobody_needs(setup: Any) -> None:
+    executor, _ = setup
+    store = CountingStore()
+    executor.store = store
+    text = ("A = CROP_LEFTOF(image=IMAGE, box=REGION(image=IMAGE, box=[8, 0, 16, 8]))\n"
+            "B = CROP_ABOVE(image=A, box=REGION(image=A, box=[0, 4, 4, 8]))\n"
+            "n = COUNT(box=REGION(image=B, box=[0, 0, 2, 2]))\n")
+    first = await executor.execute(plan(executor, text), {"IMAGE": image()})
+    assert first.status == "succeeded" and first.result == 1
+    store.art_reads = 0
+    again = await executor.execute(plan(executor, text), {"IMAGE": image()})
+    assert {s.cache for s in again.steps} == {"hit"} and again.result == 1
+    assert store.art_reads == 0
+    # A new step downstream of cached images decodes just the one it needs.
+    more = await executor.execute(plan(executor, text + "m = COUNT(box=REGION(image=B, box=[0, 0, 3, 3]))\n"),
+                                  {"IMAGE": image()})
+    assert more.status == "succeeded" and store.art_reads == 1
