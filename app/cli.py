@@ -225,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list the module catalog")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_modules)
+    # The shapes world's commands: building these parsers imports neither torch nor the service.
+    from modules.shapes import clevr as shapes_clevr
+    from modules.shapes.cli import add_parser as add_shapes_parser
+
+    from . import bench_shapes
+
+    add_shapes_parser(sub)
+    shapes_clevr.add_parsers(sub)
+    bench_shapes.add_parsers(sub)
     return parser
 
 

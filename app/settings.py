@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     def pool_config(self) -> PoolConfig:
         return PoolConfig(device=self.device, batching=self.batching, max_batch_size=self.max_batch_size,
                           max_wait_ms=self.batch_wait_ms, max_queue=self.max_queue, lazy=self.lazy_load,
-                          choose=self.module_choices())
+                          choose=self.module_choices(), strict=self.packs is not None)
 
     def key_set(self) -> set[str]:
         return {k.strip() for k in self.api_keys.split(",") if k.strip()} if self.api_keys else set()

@@ -34,6 +34,9 @@ class PoolConfig:
     max_queue: int = 256
     lazy: bool = False
     choose: Mapping[str, str] = field(default_factory=dict)
+    # True when packs were named explicitly (NSX_PACKS): then a module that fails to load keeps the
+    # service unready. By default a module that cannot load here is reported and left out.
+    strict: bool = False
 
 
 @dataclass
@@ -76,9 +79,10 @@ class Pool:
     # -- lifecycle ----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
+        counted = [s for s in self.states.values() if self.config.strict or s.state != "failed"]
         if self.config.lazy:
-            return all(s.state != "failed" for s in self.states.values())
-        return all(s.state == "ready" for s in self.states.values())
+            return all(s.state != "failed" for s in counted)
+        return all(s.state == "ready" for s in counted)
 
     async def start(self) -> None:
         """Load and warm every module (unless lazy); one that fails is marked failed, not fatal."""

@@ -131,19 +131,30 @@ async def test_queue_bound() -> None:
 
 
 def test_full_queue_gives_429_with_retry_after() -> None:
-    settings = Settings(max_queue=8, batch_wait_ms=1, max_batch_size=8)
-    app = create_app(settings, packs=[core_pack(), Pack("t", [Echo()])])
-    body = {"program": "x = ECHO(n=1, delay=0.4)", "options": {"cache": False}}
+    echo = Echo()
+    # One call per forward, so exactly one runs while the next eight wait in the queue.
+    settings = Settings(max_queue=8, batch_wait_ms=0, max_batch_size=1)
+    app = create_app(settings, packs=[core_pack(), Pack("t", [echo])])
+    body = {"program": "x = ECHO(n=1, delay=0.3)", "options": {"cache": False}}
     with TestClient(app) as client:
-        with ThreadPoolExecutor(40) as ex:
-            responses = list(ex.map(lambda _: client.post("/v1/runs", json=body), range(40)))
-    codes = [r.status_code for r in responses]
-    assert 200 in codes and 429 in codes, codes
-    busy = next(r for r in responses if r.status_code == 429)
+        batcher = next(iter(app.state.svc.pool._batchers.values()))
+        deadline = time.monotonic() + 30
+        with ThreadPoolExecutor(9) as ex:
+            pending = [ex.submit(client.post, "/v1/runs", json=body)]
+            while not echo.batches:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            pending += [ex.submit(client.post, "/v1/runs", json=body) for _ in range(8)]
+            while batcher.depth < 8:
+                assert time.monotonic() < deadline, f"the queue never filled ({batcher.depth})"
+                time.sleep(0.005)
+            busy = client.post("/v1/runs", json=body)
+            accepted = [f.result() for f in pending]
+    assert busy.status_code == 429
     assert int(busy.headers["Retry-After"]) >= 1
     assert "busy" in busy.json()["errors"][0]["message"]
-    ok = next(r for r in responses if r.status_code == 200).json()
-    assert ok["status"] == "succeeded" and ok["result"]["value"] == 10
+    assert [r.status_code for r in accepted] == [200] * 9
+    assert accepted[0].json()["result"]["value"] == 10
 
 
 def test_readyz_flips_after_warmup_and_modules_show_state() -> None:
@@ -226,3 +237,27 @@ async def test_cuda_placement_half_and_batching() -> None:
     agree = sum(r.value == cpu.forward([{"image": image(i)}])[0] for i, r in enumerate(results))
     assert agree >= 30  # fp16 may flip a near-tie or two
     await pool.close()
+
+
+class Broken(Echo):
+    def load(self, device: str) -> None:
+        raise FileNotFoundError("weights are missing")
+
+
+def test_a_module_that_cannot_load() -> None:
+    packs = [core_pack(), Pack("t", [Broken("BROKEN")])]
+    # Packs found by discovery: the broken module is reported and left out; the service is ready.
+    with TestClient(create_app(Settings(), packs=packs)) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        mods = {m["name"]: m for m in client.get("/v1/modules").json()["modules"]}
+        assert mods["BROKEN"]["state"] == "failed" and "weights are missing" in mods["BROKEN"]["error"]
+        out = client.post("/v1/runs", json={"program": "x = BROKEN(n=1)"}).json()
+        assert out["status"] == "failed" and "could not be loaded" in out["steps"][0]["error"]
+    # Packs named in NSX_PACKS must all load: the service stays unready and says why.
+    with TestClient(create_app(Settings(packs="core"), packs=packs)) as client:
+        time.sleep(0.3)
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["modules"]["t.BROKEN"] == "failed"

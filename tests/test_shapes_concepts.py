@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from modules.base import ModuleError
-from modules.shapes.concepts import Concepts, UnknownConcept
+from modules.shapes.concepts import Concepts, UnknownConcept, shared
 
 
 @pytest.fixture(scope="module")
 def mapper() -> Concepts:
-    m = Concepts()
+    m = shared()  # the pack's own mapper: the text model loads once for all the shapes tests
     m.warm()
     return m
 

@@ -1,9 +1,310 @@
-"""The shapes world pack (being built): until its modules land it offers none."""
+"""The shapes pack: a detector and attribute classifier trained on the shapes world, and the
+symbolic modules that CLEVR-style programs need on top of them.
+
+``LOC`` is the only neural module: it finds every object, classifies its attributes (a probability
+per value, kept in the trace) and keeps those the phrase describes. Everything after it works on
+those attributes, so it runs the same on a fresh result and on one rebuilt from the cache:
+
+- ``FILTER(box, value)``: the objects a phrase describes ('red', 'large ball').
+- ``QUERY(box, attribute)``: the value of one attribute of the one object in ``box``.
+- ``RELATE(box, anchor, relation)``: the objects of ``box`` left/right/above/below the one ``anchor``
+  (by box centre; the anchor itself excluded).
+- ``SAME(box, attribute, scene)``: the objects of ``scene`` (usually ``LOC(IMAGE, 'object')``) that
+  share the attribute with the one object in ``box``, that object excluded. The scene is an argument,
+  not the image, so SAME reuses the detection already made (and cached) instead of detecting again.
+- ``UNIQUE(box)``: ``box`` itself when it holds exactly one object, an error otherwise.
+
+A CLEVR question then reads, for example:
+
+    scene = LOC(IMAGE, 'object')
+    ball = UNIQUE(FILTER(scene, 'large red ball'))
+    n = COUNT(SAME(ball, 'color', scene))
+
+Every object's ``attributes`` are ``{attribute: {value: probability}}``, plus ``matched``: the words
+of the step's phrase and the concept each was taken to mean, with its similarity.
+"""
 
 from __future__ import annotations
 
-from ..base import Pack
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from program_dsl import Signature, param, signature
+
+from ..base import FunctionModule, Module, ModuleError, Pack
+from ..values import ImageValue, Obj, Objects
+from . import concepts as concepts_mod
+from .world import ATTRIBUTES, RELATIONS
+
+CODE_VERSION = "1"
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DETECTOR_FILE = "detector.safetensors"
+ATTRIBUTES_FILE = "attributes.safetensors"
+ATTRIBUTE_NAMES = tuple(ATTRIBUTES)
+SYMBOLIC_VERSION = f"{CODE_VERSION}-{concepts_mod.VERSION}"
+
+_OBJECT_DOC = "what to find: a phrase of attribute words ('large red circle', 'ball') or 'object' for all"
+
+LOC_SIG = signature(
+    "LOC", "Objects", param("image", "Image"), param("object", "Text", "object", doc=_OBJECT_DOC),
+    doc="Find the objects a phrase describes, with a probability for every attribute value.", pack="shapes")
+FILTER_SIG = signature(
+    "FILTER", "Objects", param("box", "Objects"),
+    param("value", "Text", doc="attribute words the objects must have ('red', 'large striped')"),
+    doc="The objects a phrase describes.", pack="shapes")
+QUERY_SIG = signature(
+    "QUERY", "Text", param("box", "Objects", doc="exactly one object"),
+    param("attribute", "Text", choices=ATTRIBUTE_NAMES), doc="One attribute's value of the one object.",
+    pack="shapes")
+RELATE_SIG = signature(
+    "RELATE", "Objects", param("box", "Objects", doc="the candidates"),
+    param("anchor", "Objects", doc="exactly one object"), param("relation", "Text", choices=RELATIONS),
+    doc="The candidates left of / right of / above / below the anchor (by box centre).", pack="shapes")
+SAME_SIG = signature(
+    "SAME", "Objects", param("box", "Objects", doc="exactly one object"),
+    param("attribute", "Text", choices=ATTRIBUTE_NAMES),
+    param("scene", "Objects", doc="the objects to choose from, e.g. LOC(IMAGE, 'object')"),
+    doc="The scene's other objects with the same value of the attribute.", pack="shapes")
+UNIQUE_SIG = signature(
+    "UNIQUE", "Objects", param("box", "Objects"), doc="The one object in the set; an error unless there is exactly one.",
+    pack="shapes")
+
+
+def _sig(sig: Signature, version: str) -> Signature:
+    from dataclasses import replace
+
+    return replace(sig, version=version)
+
+
+# ----------------------------------------------------------------------------- attribute helpers
+
+
+def values_of(o: Obj) -> dict[str, str]:
+    """The most likely value of each attribute of an object LOC found."""
+    out: dict[str, str] = {}
+    for a in ATTRIBUTE_NAMES:
+        probs = o.attributes.get(a)
+        if isinstance(probs, dict) and probs:
+            out[a] = max(probs, key=lambda v: float(probs[v]))
+    return out
+
+
+def _value(o: Obj, attribute: str, module: str) -> str:
+    v = values_of(o).get(attribute)
+    if v is None:
+        raise ModuleError(f"{module} needs objects with a {attribute} (objects found by LOC); "
+                          f"object {o.label or o.box!r} has none")
+    return v
+
+
+def _one(box: Objects, module: str, what: str = "box") -> Obj:
+    if len(box) != 1:
+        labels = ", ".join(o.label for o in box.items[:5]) + (" …" if len(box) > 5 else "")
+        raise ModuleError(f"{module} needs exactly one object in '{what}', got {len(box)}"
+                          + (f" ({labels})" if len(box) else ""))
+    return box.items[0]
+
+
+def _label(values: dict[str, str]) -> str:
+    return " ".join(values[a] for a in ("size", "color", "material", "shape") if a in values)
+
+
+def _with_matched(o: Obj, query: concepts_mod.Query) -> Obj:
+    from dataclasses import replace
+
+    attrs = {k: v for k, v in o.attributes.items() if k != "matched"}
+    if query.matches:
+        attrs["matched"] = query.to_json()
+    return replace(o, attributes=attrs)
+
+
+def select(box: Objects, phrase: str, module: str = "FILTER",
+           mapper: concepts_mod.Concepts | None = None) -> Objects:
+    """The objects of ``box`` that ``phrase`` describes, each noting how the phrase was read."""
+    query = (mapper or concepts_mod.shared()).phrase(phrase)
+    if query.matches:
+        for o in box:
+            for a in query.wants():
+                _value(o, a, module)
+    return box.with_items([_with_matched(o, query) for o in box if query.accepts(values_of(o))])
+
+
+# ----------------------------------------------------------------------------- symbolic modules
+
+
+def filter_(box: Objects, value: str) -> Objects:
+    return select(box, value, "FILTER")
+
+
+def query(box: Objects, attribute: str) -> str:
+    if attribute not in ATTRIBUTES:
+        raise ModuleError(f"QUERY cannot ask for {attribute!r}; use one of {', '.join(ATTRIBUTE_NAMES)}")
+    return _value(_one(box, "QUERY"), attribute, "QUERY")
+
+
+def _centre(o: Obj) -> tuple[float, float]:
+    x1, y1, x2, y2 = o.box
+    return (x1 + x2) / 2, (y1 + y2) / 2
+
+
+_SIDES: dict[str, Callable[[tuple[float, float], tuple[float, float]], bool]] = {
+    "left": lambda c, a: c[0] < a[0], "right": lambda c, a: c[0] > a[0],
+    "above": lambda c, a: c[1] < a[1], "below": lambda c, a: c[1] > a[1],
+}
+
+
+def relate(box: Objects, anchor: Objects, relation: str) -> Objects:
+    side = _SIDES.get(relation)
+    if side is None:
+        raise ModuleError(f"RELATE knows no relation {relation!r}; use one of {', '.join(RELATIONS)}")
+    if box.image_key != anchor.image_key:
+        raise ModuleError("RELATE needs the box and the anchor from the same image")
+    a = _one(anchor, "RELATE", "anchor")
+    ac = _centre(a)
+    return box.with_items([o for o in box if not o.same(a) and side(_centre(o), ac)])
+
+
+def same(box: Objects, attribute: str, scene: Objects) -> Objects:
+    if attribute not in ATTRIBUTES:
+        raise ModuleError(f"SAME cannot compare {attribute!r}; use one of {', '.join(ATTRIBUTE_NAMES)}")
+    if box.image_key != scene.image_key:
+        raise ModuleError("SAME needs the box and the scene from the same image")
+    ref = _one(box, "SAME")
+    v = _value(ref, attribute, "SAME")
+    return scene.with_items([o for o in scene if not o.same(ref) and _value(o, attribute, "SAME") == v])
+
+
+def unique(box: Objects) -> Objects:
+    _one(box, "UNIQUE")
+    return box
+
+
+class _Worded(FunctionModule):
+    """A symbolic module that may need the text model for an unseen word: it runs on a worker thread,
+    never on the event loop, and warms the shared model with the pack."""
+
+    cheap = False
+
+    def warmup(self) -> None:
+        concepts_mod.shared().warm()
+
+
+# ----------------------------------------------------------------------------- LOC
+
+
+def _file_digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+class Loc(Module):
+    """The detector and the attribute classifier, run as one step over a batch of images."""
+
+    batchable = True
+    max_batch_size = 16
+
+    def __init__(self, weights: Path = WEIGHTS, mapper: concepts_mod.Concepts | None = None) -> None:
+        self.weights = weights
+        self.mapper = mapper
+        self.detector: Any = None
+        self.attrnet: Any = None
+        self._version: str | None = None
+        self.signature = LOC_SIG
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.weights / DETECTOR_FILE, self.weights / ATTRIBUTES_FILE]
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            try:
+                digest = _file_digest(self.files)
+            except OSError:
+                return f"{CODE_VERSION}-noweights"
+            self._version = f"{CODE_VERSION}-{digest}-{concepts_mod.VERSION}"
+        return self._version
+
+    def load(self, device: str) -> None:
+        from . import nets
+
+        missing = [str(p) for p in self.files if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"shapes weights are missing ({', '.join(missing)}); run `nsx shapes train`")
+        self.detector = nets.load(self.files[0], device)
+        self.attrnet = nets.load(self.files[1], device)
+        self.device = device
+        self._version = None
+
+    def warmup(self) -> None:
+        blank = Image.new("RGB", (self.detector.cfg.input_size, self.detector.cfg.input_size), (180, 180, 180))
+        self.forward([{"image": ImageValue(blank, "sha256:warmup"), "object": "object"}])
+        (self.mapper or concepts_mod.shared()).warm()
+
+    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
+        import torch
+
+        from . import nets
+
+        if self.detector is None:
+            self.load(self.device)
+        S = self.detector.cfg.input_size
+        mapper = self.mapper or concepts_mod.shared()
+        out: list[Any] = [None] * len(batch)
+        todo: list[tuple[int, ImageValue, concepts_mod.Query]] = []
+        for i, args in enumerate(batch):
+            image = args.get("image")
+            if not isinstance(image, ImageValue):
+                out[i] = ModuleError(f"LOC needs an image, got {type(image).__name__}")
+                continue
+            try:
+                q = mapper.phrase(str(args.get("object", "object")))
+            except ModuleError as e:
+                out[i] = e
+                continue
+            todo.append((i, image, q))
+        if not todo:
+            return out
+        arrays = []
+        for _, image, _ in todo:
+            im = image.image.convert("RGB")
+            if im.size != (S, S):
+                im = im.resize((S, S), Image.Resampling.BILINEAR)
+            arrays.append(np.asarray(im))
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255).to(self.device)
+        preds = nets.predict(self.detector, self.attrnet, x)
+        for (i, image, q), objs in zip(todo, preds):
+            W, H = image.width, image.height
+            sx, sy = W / S, H / S
+            items = []
+            for p in objs:
+                mask = p.mask.cpu().numpy()
+                if (W, H) != (S, S):
+                    mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.Resampling.NEAREST)) > 127
+                x1, y1, x2, y2 = p.box
+                attrs: dict[str, Any] = {a: {v: round(pr, 4) for v, pr in p.probs[a].items()} for a in ATTRIBUTE_NAMES}
+                items.append(Obj((x1 * sx, y1 * sy, x2 * sx, y2 * sy), round(p.score, 4), _label(p.attributes), attrs, mask))
+            # Left to right, then top to bottom: the order a person reads the trace in.
+            items.sort(key=lambda o: (o.box[0] + o.box[2], o.box[1] + o.box[3]))
+            found = Objects(tuple(items), image.key, (W, H))
+            out[i] = found.with_items([_with_matched(o, q) for o in found if q.accepts(values_of(o))])
+        return out
 
 
 def pack() -> Pack:
-    return Pack("shapes", [], doc="The shapes world: trained detector and attribute classifier.")
+    mods: list[Module] = [
+        Loc(),
+        _Worded(_sig(FILTER_SIG, SYMBOLIC_VERSION), filter_),
+        FunctionModule(_sig(QUERY_SIG, CODE_VERSION), query),
+        FunctionModule(_sig(RELATE_SIG, CODE_VERSION), relate),
+        FunctionModule(_sig(SAME_SIG, CODE_VERSION), same),
+        FunctionModule(_sig(UNIQUE_SIG, CODE_VERSION), unique),
+    ]
+    return Pack("shapes", mods, doc="The shapes world: trained detector and attribute classifier, CLEVR's functions.")

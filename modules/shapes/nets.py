@@ -1,9 +1,9 @@
 """The shapes world's two networks, in plain torch, top to bottom.
 
 1. ``Detector``: image → objects. CenterNet-style: a small encoder-decoder predicts, at 1/4 of the
-   input resolution, a centre heatmap, each centre's box size and sub-cell offset, a foreground
-   logit per pixel and, for every foreground pixel, the vector to its object's centre
-   (Panoptic-DeepLab's trick). Peaks of the heatmap are the objects; each foreground pixel goes to
+   input resolution, a centre heatmap and each centre's box size and sub-cell offset; at 1/2
+   resolution (fine enough for a star's points and a small object's edge) a foreground logit and,
+   for every foreground pixel, the vector to its object's centre (Panoptic-DeepLab's trick). Peaks of the heatmap are the objects; each foreground pixel goes to
    the peak its vector points at, which separates touching and overlapping objects into instance
    masks without any proposal machinery. Chosen because every part is a dense per-pixel loss:
    it learns fast on a CPU and decodes with a max-pool and an argmin.
@@ -18,6 +18,7 @@ rebuilds its network (no pickle anywhere).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,11 @@ class DetectorConfig:
     mask_threshold: float = 0.5
 
 
-# Output channels of the detector's head, in order.
-HEAT, OFF_X, OFF_Y, SIZE_W, SIZE_H, FG, VEC_X, VEC_Y = range(8)
+# Output channels of the detector's stride-4 head and of its stride-2 head, in order.
+HEAT, OFF_X, OFF_Y, SIZE_W, SIZE_H = range(5)
+FG, VEC_X, VEC_Y = range(3)
 SIZE_SCALE = 64.0  # box sizes are regressed in units of this many pixels
-VEC_SCALE = 8.0  # centre vectors in units of this many cells
+VEC_UNIT = 32.0  # centre vectors in units of this many pixels
 
 
 class Detector(nn.Module):
@@ -78,7 +80,8 @@ class Detector(nn.Module):
         self.cfg = cfg
         w2, w4, w8, w16 = cfg.widths
         n4, n8, n16 = cfg.blocks
-        self.stem = nn.Sequential(conv_bn(3, w2, stride=2), conv_bn(w2, w4, stride=2))
+        self.stem2 = conv_bn(3, w2, stride=2)
+        self.stem4 = conv_bn(w2, w4, stride=2)
         self.s4 = nn.Sequential(*[Block(w4) for _ in range(n4)])
         self.s8 = nn.Sequential(conv_bn(w4, w8, stride=2), *[Block(w8) for _ in range(n8)])
         self.s16 = nn.Sequential(conv_bn(w8, w16, stride=2), *[Block(w16) for _ in range(n16)])
@@ -86,21 +89,27 @@ class Detector(nn.Module):
         self.up8 = conv_bn(w8, w8)
         self.lat8 = nn.Conv2d(w8, w4, 1)
         self.up4 = conv_bn(w4, cfg.head)
-        self.out = nn.Conv2d(cfg.head, 8, 1)
+        self.out = nn.Conv2d(cfg.head, 5, 1)
+        self.lat4 = nn.Conv2d(cfg.head, w2, 1)
+        self.up2 = conv_bn(w2, w2)
+        self.fine = nn.Conv2d(w2, 3, 1)
         # CenterNet's prior: the heatmap starts near 0.1% everywhere, so early focal loss is sane.
         nn.init.constant_(self.out.bias, 0.0)
         with torch.no_grad():
             self.out.bias[HEAT] = -4.6
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: B×3×S×S in [0, 1] → B×8×(S/4)×(S/4) raw head outputs."""
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x``: B×3×S×S in [0, 1] → raw outputs B×5×(S/4)×(S/4) (centres, boxes) and B×3×(S/2)×(S/2)
+        (foreground logit, vector to the centre)."""
         x = (x - 0.5) / 0.25
-        f4 = self.s4(self.stem(x))
+        f2 = self.stem2(x)
+        f4 = self.s4(self.stem4(f2))
         f8 = self.s8(f4)
         f16 = self.s16(f8)
         y8 = self.up8(f8 + F.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest"))
         y4 = self.up4(f4 + F.interpolate(self.lat8(y8), scale_factor=2.0, mode="nearest"))
-        return self.out(y4)
+        y2 = self.up2(f2 + F.interpolate(self.lat4(y4), scale_factor=2.0, mode="nearest"))
+        return self.out(y4), self.fine(y2)
 
 
 def focal_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -122,20 +131,22 @@ class DetectorTargets:
     reg: Tensor  # B×4×h×w: offset x, y (cells) and size w, h (/SIZE_SCALE), valid at centres
     reg_mask: Tensor  # B×1×h×w
     fg: Tensor  # B×1×S×S: full-resolution foreground
-    vec: Tensor  # B×2×h×w: vector to the centre (/VEC_SCALE cells), valid where vec_mask
-    vec_mask: Tensor  # B×1×h×w
+    vec: Tensor  # B×2×(S/2)×(S/2): vector to the centre (/VEC_UNIT pixels)
+    vec_weight: Tensor  # B×1×(S/2)×(S/2): where vec counts, and how much (small objects weigh more)
 
 
-def detector_loss(out: Tensor, t: DetectorTargets) -> tuple[Tensor, dict[str, float]]:
+def detector_loss(outputs: tuple[Tensor, Tensor], t: DetectorTargets) -> tuple[Tensor, dict[str, float]]:
+    out, fine = outputs
     heat = focal_loss(out[:, HEAT:HEAT + 1], t.heat)
     n = t.reg_mask.sum().clamp(min=1)
     reg = (F.l1_loss(out[:, OFF_X:SIZE_H + 1], t.reg, reduction="none") * t.reg_mask).sum() / n
     # Foreground is scored after upsampling, so the low-resolution logits learn sharp boundaries.
-    fg_logits = F.interpolate(out[:, FG:FG + 1], size=t.fg.shape[-2:], mode="bilinear", align_corners=False)
+    fg_logits = F.interpolate(fine[:, FG:FG + 1], size=t.fg.shape[-2:], mode="bilinear", align_corners=False)
     fg = F.binary_cross_entropy_with_logits(fg_logits, t.fg)
-    nv = t.vec_mask.sum().clamp(min=1)
-    vec = (F.l1_loss(out[:, VEC_X:VEC_Y + 1], t.vec, reduction="none") * t.vec_mask).sum() / nv
-    total = heat + reg + fg + vec
+    nv = t.vec_weight.sum().clamp(min=1)
+    vec = (F.l1_loss(fine[:, VEC_X:VEC_Y + 1], t.vec, reduction="none") * t.vec_weight).sum() / nv
+    # Vectors decide which object owns each pixel where objects touch: they get double weight.
+    total = heat + reg + fg + 2 * vec
     return total, {"heat": heat.item(), "reg": reg.item(), "fg": fg.item(), "vec": vec.item()}
 
 
@@ -146,7 +157,7 @@ class Detection:
     box: tuple[float, float, float, float]
     score: float
     mask: Tensor  # bool S×S
-    soft: Tensor  # float (S/4)×(S/4): this object's foreground probability, for the attribute net
+    soft: Tensor  # float (S/8)×(S/8): where this object is, coarsely, for the attribute net
 
 
 def peaks(heat: Tensor, threshold: float, k: int) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -186,14 +197,15 @@ def nms(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
     return torch.tensor(keep, dtype=torch.long)
 
 
-def decode(out: Tensor, cfg: DetectorConfig) -> list[list[Detection]]:
-    """Raw head outputs (B×8×h×w) → objects per image, boxes and masks in input pixels."""
-    B, _, h, w = out.shape
+def decode(outputs: tuple[Tensor, Tensor], cfg: DetectorConfig, mask_stride: int = 8) -> list[list[Detection]]:
+    """Raw outputs → objects per image, boxes and masks in input pixels."""
+    out, fine = outputs
     S, st = cfg.input_size, cfg.stride
     heat = torch.sigmoid(out[:, HEAT:HEAT + 1])
-    fg_low = torch.sigmoid(out[:, FG:FG + 1])
-    fg_full = F.interpolate(out[:, FG:FG + 1], size=(S, S), mode="bilinear", align_corners=False)[:, 0] > 0
-    vec_full = F.interpolate(out[:, VEC_X:VEC_Y + 1], size=(S, S), mode="bilinear", align_corners=False)
+    fg_logits = F.interpolate(fine[:, FG:FG + 1], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+    fg_prob = torch.sigmoid(fg_logits)
+    fg_full = fg_logits > 0
+    vec_full = F.interpolate(fine[:, VEC_X:VEC_Y + 1], size=(S, S), mode="bilinear", align_corners=False)
     # Where each pixel says its object's centre is, in input pixels.
     pix = (torch.arange(S, dtype=out.dtype) + 0.5)
     results: list[list[Detection]] = []
@@ -209,24 +221,32 @@ def decode(out: Tensor, cfg: DetectorConfig) -> list[list[Detection]]:
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).clamp(0, S)
         keep = nms(boxes, scores, 0.7)
         boxes, scores, cx, cy = boxes[keep], scores[keep], cx[keep], cy[keep]
-        tx = pix[None, :] + vec_full[b, 0] * VEC_SCALE * st
-        ty = pix[:, None] + vec_full[b, 1] * VEC_SCALE * st
+        K = len(keep)
+        # Each object's region: its box and two pixels around it. A pixel goes to the object whose
+        # centre its vector points nearest, among the objects whose region holds it; so a vector
+        # blurred at an edge between two objects can never give a pixel to a third, far away.
+        regions = torch.zeros((K, S, S), dtype=torch.bool)
+        for k in range(K):
+            x1, y1, x2, y2 = (float(v) for v in boxes[k])
+            regions[k, max(0, int(y1) - 2):min(S, math.ceil(y2) + 2), max(0, int(x1) - 2):min(S, math.ceil(x2) + 2)] = True
+        tx = pix[None, :] + vec_full[b, 0] * VEC_UNIT
+        ty = pix[:, None] + vec_full[b, 1] * VEC_UNIT
         d2 = (tx[None] - cx[:, None, None]) ** 2 + (ty[None] - cy[:, None, None]) ** 2  # K×S×S
+        d2 = d2.masked_fill(~regions, float("inf"))
         owner = d2.argmin(0)
-        # A pixel whose vector points nowhere near any centre is not given to anyone.
-        near = d2.gather(0, owner[None])[0] <= (0.75 * torch.maximum(bw[keep], bh[keep])[owner]) ** 2
-        fg = fg_full[b] & near
-        low_owner = F.interpolate(owner[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+        owned = regions.any(0)
         dets: list[Detection] = []
-        for k in range(len(keep)):
-            m = fg & (owner == k)
-            if int(m.sum()) == 0:
-                continue
-            ys_m, xs_m = torch.nonzero(m, as_tuple=True)
-            # The mask's extent is the box: it is what the truth's boxes are, and it contains the mask.
-            mbox = (float(xs_m.min()), float(ys_m.min()), float(xs_m.max() + 1), float(ys_m.max() + 1))
-            soft = fg_low[b, 0] * (low_owner == k).to(out.dtype)
-            dets.append(Detection(mbox, float(scores[k]), m, soft))
+        for k in range(K):
+            # The box is the size head's: it measures the object better than a mask's edge does.
+            x1, y1, x2, y2 = (float(v) for v in boxes[k])
+            mine = (owner == k) & owned
+            m = fg_full[b] & mine
+            if not bool(m.any()):  # the foreground head missed it: the box is the best mask there is
+                m = torch.zeros((S, S), dtype=torch.bool)
+                m[int(y1):math.ceil(y2), int(x1):math.ceil(x2)] = True
+                mine = m
+            soft = F.avg_pool2d((fg_prob[b] * mine.to(out.dtype))[None, None], mask_stride)[0, 0]
+            dets.append(Detection((x1, y1, x2, y2), float(scores[k]), m, soft))
         results.append(dets)
     return results
 
@@ -237,6 +257,9 @@ def decode(out: Tensor, cfg: DetectorConfig) -> list[list[Detection]]:
 @dataclass
 class AttributeConfig:
     crop: int = 32
+    # The mask input is coarse (one value per 8×8 pixels) on purpose: it says which object is meant,
+    # while the shape must be read from the pixels, which a detector's mask cannot distort.
+    mask_stride: int = 8
     margin: float = 0.15  # context added around the box on each side, as a share of its size
     widths: tuple[int, int, int, int] = (32, 48, 96, 128)
     hidden: int = 128
@@ -270,7 +293,7 @@ def crop_grids(boxes: Tensor, size: int, crop: int, margin: float) -> Tensor:
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     # Square crops keep shapes' proportions: a diamond never turns into a square by resizing.
     half = torch.maximum(x2 - x1, y2 - y1) * (0.5 + margin) + 1.0
-    t = (torch.arange(crop, dtype=boxes.dtype) + 0.5) / crop * 2 - 1  # -1..1 across the crop
+    t = (torch.arange(crop, dtype=boxes.dtype, device=boxes.device) + 0.5) / crop * 2 - 1  # -1..1 across the crop
     gx = (cx[:, None] + t[None, :] * half[:, None]) / size * 2 - 1
     gy = (cy[:, None] + t[None, :] * half[:, None]) / size * 2 - 1
     return torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
@@ -285,15 +308,15 @@ def sample_crops(images: Tensor, soft_masks: Tensor, owners: Tensor, boxes: Tens
     B, _, S, _ = images.shape
     c = cfg.crop
     grids = crop_grids(boxes, S, c, cfg.margin)
-    counts = torch.bincount(owners, minlength=B)
-    rows = int(counts.max()) if len(owners) else 0
+    per_image = [0] * B
+    slots = []
+    for o in owners.tolist():  # position of each object among its image's crops
+        slots.append(per_image[o])
+        per_image[o] += 1
+    rows = max(per_image) if slots else 0
     if rows == 0:
         return images.new_zeros((0, 4, c, c))
-    slot = torch.zeros_like(owners)
-    seen = torch.zeros(B, dtype=torch.long)
-    for i, o in enumerate(owners.tolist()):  # position of each object among its image's crops
-        slot[i] = seen[o]
-        seen[o] += 1
+    slot = torch.tensor(slots, device=owners.device)
     tall = images.new_full((B, rows, c, c, 2), -2.0)  # off-image: padding rows sample zeros
     tall[owners, slot] = grids
     rgb = F.grid_sample(images, tall.view(B, rows * c, c, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -306,6 +329,48 @@ def geometry(boxes: Tensor, mask_area: Tensor, size: int) -> Tensor:
     """The numbers that say how big an object is once its crop has been resized."""
     return torch.stack([(boxes[:, 2] - boxes[:, 0]) / size, (boxes[:, 3] - boxes[:, 1]) / size,
                         mask_area.clamp(min=0).sqrt() / size], 1)
+
+
+# ----------------------------------------------------------------------------- both together
+
+
+@dataclass
+class Prediction:
+    """An object found in an image: box and mask in the detector's input pixels, a probability per
+    value of every attribute, and the most likely value of each."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    mask: Tensor
+    probs: dict[str, dict[str, float]]
+    attributes: dict[str, str]
+
+
+def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[list[Prediction]]:
+    """B×3×S×S images in [0, 1] (S = the detector's input size) → objects per image: one detector
+    forward for the batch, one attribute forward for every object found in it."""
+    cfg = detector.cfg
+    dev = images.device
+    with torch.inference_mode():
+        # Decoding is a few small loops over peaks: the CPU does it as well as any accelerator.
+        raw, fg = detector(images)
+        dets = decode((raw.float().cpu(), fg.float().cpu()), cfg, attrnet.cfg.mask_stride)
+        flat = [(b, d) for b, ds in enumerate(dets) for d in ds]
+        if not flat:
+            return [[] for _ in dets]
+        boxes = torch.tensor([d.box for _, d in flat], dtype=torch.float32, device=dev)
+        owners = torch.tensor([b for b, _ in flat], device=dev)
+        softs = torch.stack([d.soft for _, d in flat]).to(dev)
+        areas = torch.tensor([float(d.mask.sum()) for _, d in flat], dtype=torch.float32, device=dev)
+        crops = sample_crops(images.float().contiguous(), softs, owners, boxes, attrnet.cfg)
+        logits = attrnet(crops, geometry(boxes, areas, cfg.input_size))
+        probs = {a: torch.softmax(v.float(), 1).cpu() for a, v in logits.items()}
+    out: list[list[Prediction]] = [[] for _ in dets]
+    for n, (b, d) in enumerate(flat):
+        p = {a: {name: float(probs[a][n, i]) for i, name in enumerate(attrnet.cfg.attributes[a])} for a in probs}
+        best = {a: max(v, key=v.__getitem__) for a, v in p.items()}
+        out[b].append(Prediction(d.box, d.score, d.mask, p, best))
+    return out
 
 
 # ----------------------------------------------------------------------------- files
