@@ -336,8 +336,8 @@ class OracleLoc(Module):
 def _packs(weights: Path | None, oracle: Any = None) -> list[Any]:
     """core + shapes, with LOC reading ``weights`` when given (a training run's output, say), or the
     oracle in its place."""
-    from ..packs import load_packs
-    from . import Loc
+    from modules.packs import load_packs
+    from modules.shapes import Loc
 
     packs = load_packs(["core", "shapes"])
     if weights is None and oracle is None:
@@ -348,7 +348,7 @@ def _packs(weights: Path | None, oracle: Any = None) -> list[Any]:
 
 
 def _detections(result: Any) -> list[Detected]:
-    from . import values_of
+    from modules.shapes import values_of
 
     out = []
     for o in result:
@@ -367,7 +367,7 @@ async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from modules.values import ImageValue
     from program_dsl import IMAGE, compile_program
 
-    from . import WEIGHTS
+    from modules.shapes import WEIGHTS
 
     if cfg.seed < 0 or cfg.questions < 0 or cfg.hard_questions < 0:
         raise ValueError("--seed, --questions and --hard-questions must be >= 0")
