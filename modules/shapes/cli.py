@@ -58,7 +58,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     g.add_argument("--min-objects", type=int, default=3)
     g.add_argument("--max-objects", type=int, default=10)
-    g.add_argument("--min-visible", type=float, default=0.6, help="least visible share of every object")
+    g.add_argument("--min-visible", type=float, default=0.7, help="least visible share of every object (default 0.7)")
     g.add_argument("-q", "--quiet", action="store_true")
     g.set_defaults(fn=cmd_generate)
 
@@ -70,7 +70,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=float, default=None,
                    help="time budget (default 20); past it, training ends its schedule early")
     t.add_argument("--det-steps", type=int, default=None, help="detector steps (default 3000)")
-    t.add_argument("--attr-steps", type=int, default=None, help="attribute classifier steps (default 1500)")
+    t.add_argument("--attr-steps", type=int, default=None, help="attribute classifier steps (default 2000)")
     t.add_argument("--threads", type=int, default=None, help="most intra-op threads (default 2)")
     t.set_defaults(fn=cmd_train)
     return shapes

@@ -45,7 +45,9 @@ class WorldConfig:
     size: int = 256
     min_objects: int = 3
     max_objects: int = 10
-    min_visible: float = 0.6  # every object keeps at least this share of its pixels: it stays identifiable
+    # Every object keeps at least this share of its pixels. Not less: a diamond that has lost the
+    # lower 40% of itself *is* a triangle, and no one could tell which it was.
+    min_visible: float = 0.7
     small_radius: tuple[float, float] = (0.036, 0.046)
     large_radius: tuple[float, float] = (0.084, 0.100)  # ≥ 1.8× the small ones: size is never a judgement call
     min_gap: float = 0.016  # least distance between any two objects' centres on each axis (4 px at 256)
