@@ -6,8 +6,9 @@ clients, with dynamic batching on and off, as ratios to the 1-client figure of t
 Each configuration gets its own server process (uvicorn, one worker, the in-memory store); clients
 are asyncio + httpx in this process. Every request runs `x = <module>(image=IMAGE)` on one of 64
 distinct uploaded images with the cache off, so each request costs a real forward pass. The module
-is the shapes-world LOC detector when that pack is installed with weights, otherwise PROBE, a real
-conv net (about 0.3 M parameters, random weights) on 64×64 inputs.
+is the shapes-world LOC (detector + attribute classifier, on 256×256 rendered scenes) when that pack
+has its weights, otherwise PROBE, a real conv net (about 0.3 M parameters, random weights) on 64×64
+inputs.
 """
 
 from __future__ import annotations
@@ -51,8 +52,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def images(n: int) -> list[bytes]:
+def images(n: int, module: str = "PROBE") -> list[bytes]:
+    """Distinct inputs: rendered shapes scenes for LOC (what its detector was trained on), small
+    coloured squares for PROBE."""
     out = []
+    if module == "LOC":
+        from modules.shapes.world import render_scene
+
+        for i in range(n):
+            buf = io.BytesIO()
+            render_scene(4242, i).pil().save(buf, format="PNG")
+            out.append(buf.getvalue())
+        return out
     for i in range(n):
         img = Image.new("RGB", (64, 64), ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256))
         buf = io.BytesIO()
@@ -125,7 +136,7 @@ def run_config(batching: bool, levels: list[int], seconds: float) -> tuple[str, 
             time.sleep(0.2)
         mods = {m["name"]: m for m in httpx.get(f"{base}/v1/modules").json()["modules"]}
         module = "LOC" if mods.get("LOC", {}).get("state") == "ready" else "PROBE"
-        refs = [httpx.post(f"{base}/v1/images", content=data).json()["sha256"] for data in images(64)]
+        refs = [httpx.post(f"{base}/v1/images", content=data).json()["sha256"] for data in images(64, module)]
         results = {n: asyncio.run(measure(base, module, refs, n, seconds)) for n in levels}
         return module, results
     finally:
