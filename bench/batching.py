@@ -118,7 +118,8 @@ async def measure(base: str, module: str, refs: list[str], clients: int, seconds
     return done / elapsed, (c1 - c0) / max(1.0, e1 - e0)
 
 
-def run_config(batching: bool, levels: list[int], seconds: float) -> tuple[str, dict[int, tuple[float, float]]]:
+def run_config(batching: bool, levels: list[int], seconds: float,
+               want: str = "auto") -> tuple[str, dict[int, tuple[float, float]]]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--batching", "on" if batching else "off"],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
@@ -135,7 +136,7 @@ def run_config(batching: bool, levels: list[int], seconds: float) -> tuple[str, 
                 raise SystemExit("benchmark server failed to start")
             time.sleep(0.2)
         mods = {m["name"]: m for m in httpx.get(f"{base}/v1/modules").json()["modules"]}
-        module = "LOC" if mods.get("LOC", {}).get("state") == "ready" else "PROBE"
+        module = want if want != "auto" else ("LOC" if mods.get("LOC", {}).get("state") == "ready" else "PROBE")
         refs = [httpx.post(f"{base}/v1/images", content=data).json()["sha256"] for data in images(64, module)]
         results = {n: asyncio.run(measure(base, module, refs, n, seconds)) for n in levels}
         return module, results
@@ -148,6 +149,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=6.0, help="timed window per level")
     ap.add_argument("--clients", default="1,4,16,64")
+    ap.add_argument("--module", choices=("auto", "LOC", "PROBE"), default="auto",
+                    help="auto: LOC when the shapes weights are present, else PROBE")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--batching", default="on", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -157,7 +160,7 @@ def main() -> None:
     levels = [int(x) for x in a.clients.split(",")]
     print(f"{os.cpu_count()} CPUs; {a.seconds:g} s per level; throughput in runs/s through POST /v1/runs")
     for batching in (True, False):
-        module, res = run_config(batching, levels, a.seconds)
+        module, res = run_config(batching, levels, a.seconds, a.module)
         base_rps = res[levels[0]][0]
         print(f"\nbatching {'on' if batching else 'off'} (module {module}):")
         print(f"{'clients':>8} {'runs/s':>9} {'× 1-client':>11} {'mean batch':>11}")

@@ -91,6 +91,7 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._recent_batch_s = 0.05
+        self._last_size = 0
 
     @property
     def depth(self) -> int:
@@ -122,8 +123,11 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            # Wait for company: until the batch is full or the oldest call has waited max_wait.
-            deadline = self._items[0][2] + self.max_wait_s
+            # Wait for company — until the batch is full or the oldest call has waited max_wait — but
+            # only when there is company to expect (calls queued together, or the last batch had
+            # several): a lone client is not made to wait for callers that are not there.
+            wait = self.max_wait_s if (len(self._items) > 1 or self._last_size > 1) else 0.0
+            deadline = self._items[0][2] + wait
             while len(self._items) < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -145,6 +149,7 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - the worker itself failed (shut down): fail these calls
                 results, compute_s = [e] * len(live), time.perf_counter() - started
             self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * compute_s
+            self._last_size = len(live)
             errors = 0
             for (_, fut, t_in), result in zip(live, results):
                 if fut.done():
