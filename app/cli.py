@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,18 @@ def _read(path: str) -> str:
         raise SystemExit(f"nsx: {path} is not UTF-8 text") from None
 
 
-def _catalog(settings: Settings) -> Catalog:
+@contextmanager
+def _pack_errors() -> Iterator[None]:
+    """A bad NSX_PACKS or a pack clash ends the command with its message, not a traceback."""
     try:
-        return build_catalog(load_packs(settings.pack_list()), settings.module_choices())
+        yield
     except PackError as e:
         raise SystemExit(f"nsx: {e}") from None
+
+
+def _catalog(settings: Settings) -> Catalog:
+    with _pack_errors():
+        return build_catalog(load_packs(settings.pack_list()), settings.module_choices())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -82,14 +91,9 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 
 def cmd_modules(args: argparse.Namespace) -> int:
     settings = Settings()
-    try:
+    with _pack_errors():
         packs = load_packs(settings.pack_list())
-    except PackError as e:
-        raise SystemExit(f"nsx: {e}") from None
-    try:
         catalog = build_catalog(packs, settings.module_choices())
-    except PackError as e:
-        raise SystemExit(f"nsx: {e}") from None
     available = {m.name: p.name for p in packs for m in p.modules}
     if args.json:
         print(json.dumps([{**s.to_dict(), "available": n in available} for n, s in sorted(catalog.items())], indent=2))
@@ -127,14 +131,8 @@ async def _run(args: argparse.Namespace) -> int:
             images[name] = ImageValue.from_bytes(Path(path).read_bytes())
         except OSError as e:
             raise SystemExit(f"nsx: cannot read image {path}: {e}") from None
-    try:
-        packs = load_packs(settings.pack_list())
-    except PackError as e:
-        raise SystemExit(f"nsx: {e}") from None
-    try:
-        pool = Pool(packs, settings.pool_config())
-    except PackError as e:
-        raise SystemExit(f"nsx: {e}") from None
+    with _pack_errors():
+        pool = Pool(load_packs(settings.pack_list()), settings.pool_config())
     try:
         plan = compile_program(text, pool.catalog, {n: IMAGE for n in images} if images else None)
     except ProgramError as e:
