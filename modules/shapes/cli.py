@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig()
-    for name in ("seed", "scenes", "heldout", "minutes", "det_steps", "attr_steps", "threads"):
+    for name in ("seed", "scenes", "heldout", "minutes", "det_steps", "attr_steps", "threads", "precision"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     report = train(cfg, Path(args.out))
@@ -65,13 +65,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the detector and attribute classifier on CPU, write weights + report")
     t.add_argument("--out", default=str(WEIGHTS), help="weights directory (default: the pack's own)")
     t.add_argument("--seed", type=int, default=None, help="default 0")
-    t.add_argument("--scenes", type=int, default=None, help="training scenes rendered into memory (default 4000)")
+    t.add_argument("--scenes", type=int, default=None, help="training scenes rendered into memory (default 5000)")
     t.add_argument("--heldout", type=int, default=None, help="held-out scenes scored in the report (default 300)")
     t.add_argument("--minutes", type=float, default=None,
                    help="time budget (default 20); past it, training ends its schedule early")
-    t.add_argument("--det-steps", type=int, default=None, help="detector steps (default 3000)")
-    t.add_argument("--attr-steps", type=int, default=None, help="attribute classifier steps (default 2000)")
+    t.add_argument("--det-steps", type=int, default=None, help="detector steps (default 6000)")
+    t.add_argument("--attr-steps", type=int, default=None, help="attribute classifier steps (default 3000)")
     t.add_argument("--threads", type=int, default=None, help="most intra-op threads (default 2)")
+    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="bf16 autocast where the CPU has it in hardware (auto, the default), or always / never")
     t.set_defaults(fn=cmd_train)
     return shapes
 

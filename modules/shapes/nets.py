@@ -1,9 +1,10 @@
 """The shapes world's two networks, in plain torch, top to bottom.
 
-1. ``Detector``: image → objects. CenterNet-style: a small encoder-decoder predicts, at 1/4 of the
-   input resolution, a centre heatmap and each centre's box size and sub-cell offset; at 1/2
-   resolution (fine enough for a star's points and a small object's edge) a foreground logit and,
-   for every foreground pixel, the vector to its object's centre (Panoptic-DeepLab's trick). Peaks of the heatmap are the objects; each foreground pixel goes to
+1. ``Detector``: image → objects. CenterNet-style: a small encoder-decoder predicts, at 1/2 of the
+   input resolution (``stride``; 1/4 in the first weights), a centre heatmap and each centre's box
+   size and sub-cell offset, and at 1/2 resolution (fine enough for a star's points and a small
+   object's edge) a foreground logit and, for every foreground pixel, the vector to its object's
+   centre (Panoptic-DeepLab's trick). Peaks of the heatmap are the objects; each foreground pixel goes to
    the peak its vector points at, which separates touching and overlapping objects into instance
    masks without any proposal machinery. Chosen because every part is a dense per-pixel loss:
    it learns fast on a CPU and decodes with a max-pool and an argmin.
@@ -61,7 +62,9 @@ class DetectorConfig:
     widths: tuple[int, int, int, int] = (16, 32, 64, 96)  # at strides 2, 4, 8, 16
     blocks: tuple[int, int, int] = (1, 2, 2)  # residual blocks at strides 4, 8, 16
     head: int = 32
-    stride: int = 4
+    # Resolution of the centre heatmap and box head: 2 or 4. At 2, two small objects whose centres
+    # are 13 px apart (the world's least distance) are six cells apart, not three.
+    stride: int = 2
     peak_threshold: float = 0.3
     max_objects: int = 24
     mask_threshold: float = 0.5
@@ -87,19 +90,23 @@ class Detector(nn.Module):
         self.s16 = nn.Sequential(conv_bn(w8, w16, stride=2), *[Block(w16) for _ in range(n16)])
         self.lat16 = nn.Conv2d(w16, w8, 1)
         self.up8 = conv_bn(w8, w8)
+        if cfg.stride not in (2, 4):
+            raise ValueError(f"detector stride must be 2 or 4, not {cfg.stride}")
         self.lat8 = nn.Conv2d(w8, w4, 1)
         self.up4 = conv_bn(w4, cfg.head)
-        self.out = nn.Conv2d(cfg.head, 5, 1)
         self.lat4 = nn.Conv2d(cfg.head, w2, 1)
-        self.up2 = conv_bn(w2, w2)
-        self.fine = nn.Conv2d(w2, 3, 1)
+        # At stride 2 the centre head reads the finest features, so it is as wide as the stride-4 head.
+        fine_width = cfg.head if cfg.stride == 2 else w2
+        self.up2 = conv_bn(w2, fine_width)
+        self.out = nn.Conv2d(cfg.head if cfg.stride == 4 else fine_width, 5, 1)
+        self.fine = nn.Conv2d(fine_width, 3, 1)
         # CenterNet's prior: the heatmap starts near 0.1% everywhere, so early focal loss is sane.
         nn.init.constant_(self.out.bias, 0.0)
         with torch.no_grad():
             self.out.bias[HEAT] = -4.6
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``x``: B×3×S×S in [0, 1] → raw outputs B×5×(S/4)×(S/4) (centres, boxes) and B×3×(S/2)×(S/2)
+        """``x``: B×3×S×S in [0, 1] → raw outputs B×5×(S/stride)×(S/stride) (centres, boxes) and B×3×(S/2)×(S/2)
         (foreground logit, vector to the centre)."""
         x = (x - 0.5) / 0.25
         f2 = self.stem2(x)
@@ -109,7 +116,7 @@ class Detector(nn.Module):
         y8 = self.up8(f8 + F.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest"))
         y4 = self.up4(f4 + F.interpolate(self.lat8(y8), scale_factor=2.0, mode="nearest"))
         y2 = self.up2(f2 + F.interpolate(self.lat4(y4), scale_factor=2.0, mode="nearest"))
-        return self.out(y4), self.fine(y2)
+        return self.out(y4 if self.cfg.stride == 4 else y2), self.fine(y2)
 
 
 def focal_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -346,9 +353,11 @@ class Prediction:
     attributes: dict[str, str]
 
 
-def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[list[Prediction]]:
+def predict(detector: Detector, attrnet: AttributeNet, images: Tensor, mirror: bool = True) -> list[list[Prediction]]:
     """B×3×S×S images in [0, 1] (S = the detector's input size) → objects per image: one detector
-    forward for the batch, one attribute forward for every object found in it."""
+    forward for the batch, one attribute forward for every object found in it. With ``mirror`` the
+    classifier also reads each crop mirrored and the two probabilities are averaged: every attribute
+    of this world is the same in a mirror, and the second read costs a forward of small crops."""
     cfg = detector.cfg
     dev = images.device
     with torch.inference_mode():
@@ -363,8 +372,13 @@ def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[l
         softs = torch.stack([d.soft for _, d in flat]).to(dev)
         areas = torch.tensor([float(d.mask.sum()) for _, d in flat], dtype=torch.float32, device=dev)
         crops = sample_crops(images.float().contiguous(), softs, owners, boxes, attrnet.cfg)
-        logits = attrnet(crops, geometry(boxes, areas, cfg.input_size))
-        probs = {a: torch.softmax(v.float(), 1).cpu() for a, v in logits.items()}
+        geo = geometry(boxes, areas, cfg.input_size)
+        logits = attrnet(crops, geo)
+        probs = {a: torch.softmax(v.float(), 1) for a, v in logits.items()}
+        if mirror:
+            flipped = attrnet(crops.flip(-1), geo)
+            probs = {a: (p + torch.softmax(flipped[a].float(), 1)) / 2 for a, p in probs.items()}
+        probs = {a: p.cpu() for a, p in probs.items()}
     out: list[list[Prediction]] = [[] for _ in dets]
     for n, (b, d) in enumerate(flat):
         p = {a: {name: float(probs[a][n, i]) for i, name in enumerate(attrnet.cfg.attributes[a])} for a in probs}
