@@ -96,3 +96,26 @@ def test_generate_command_writes_images_masks_and_json(tmp_path: Path) -> None:
         scene = render_scene(5, truth["index"])
         assert np.array_equal(np.asarray(image), scene.image)  # PNG: the pixels exactly
         assert np.array_equal(mask, scene.instances)
+
+
+def _small_on_large(truth: dict) -> int:
+    """Small objects whose centre lies inside a large object's radius of that object's centre."""
+    objs = truth["objects"]
+    hits = 0
+    for o in objs:
+        if o["size"] != "small":
+            continue
+        if any(h["size"] == "large" and np.hypot(o["position"][0] - h["position"][0], o["position"][1] - h["position"][1]) < h["radius"]
+               for h in objs):
+            hits += 1
+    return hits
+
+
+def test_nesting_puts_small_objects_on_large_ones_and_is_off_by_default() -> None:
+    base = WorldConfig(min_objects=6, max_objects=8)
+    plain = [render_scene(5, i, base).truth for i in range(12)]
+    nested = [render_scene(5, i, WorldConfig(min_objects=6, max_objects=8, nest=1.0)).truth for i in range(12)]
+    assert sum(map(_small_on_large, nested)) > 2 * max(1, sum(map(_small_on_large, plain)))
+    # Every nested scene still keeps the world's rules: each object at least min_visible visible.
+    assert all(o["visible_fraction"] >= base.min_visible - 0.02 for t in nested for o in t["objects"])
+    assert WorldConfig().nest == 0.0

@@ -59,6 +59,10 @@ class WorldConfig:
     lighting: float = 0.22  # brightness varies by up to this much across the image
     supersample: int = 2  # drawn at this multiple and averaged down: antialiased edges
     max_tries: int = 60  # placements tried per object before the scene settles for fewer objects
+    # Chance that a small object is put on a large one already placed (its centre within 0.8 of the
+    # large one's radius of that centre). 0 in the world itself, where small-on-large happens only by
+    # chance; training raises it, because that is the case a detector finds hardest.
+    nest: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,10 +195,18 @@ def _layout(cfg: WorldConfig, rng: np.random.Generator) -> list[_Placed]:
         material = MATERIALS[int(rng.integers(len(MATERIALS)))]
         lo, hi = cfg.small_radius if size == "small" else cfg.large_radius
         ok = False
+        hosts = [p for p in placed if p.size == "large"]
+        # Drawn only when nesting is on, so scenes of a world without it stay what they always were.
+        nest = size == "small" and bool(hosts) and cfg.nest > 0 and rng.uniform() < cfg.nest
         for _ in range(cfg.max_tries):
             r = float(rng.uniform(lo, hi)) * side
             m = cfg.margin * side + r
             cx, cy = float(rng.uniform(m, side - m)), float(rng.uniform(m, side - m))
+            if nest:
+                host = hosts[int(rng.integers(len(hosts)))]
+                a, d = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, 0.8)) * host.radius
+                cx = min(side - m, max(m, host.cx + d * math.cos(a)))
+                cy = min(side - m, max(m, host.cy + d * math.sin(a)))
             rot = _rotation(shape, rng)
             full, window = _object_mask(shape, cx, cy, r, rot, side)
             cand = _Placed(shape, color, size, material, cx, cy, r, rot, float(rng.uniform(0, 180)), full, window)
