@@ -353,11 +353,9 @@ class Prediction:
     attributes: dict[str, str]
 
 
-def predict(detector: Detector, attrnet: AttributeNet, images: Tensor, mirror: bool = True) -> list[list[Prediction]]:
+def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[list[Prediction]]:
     """B×3×S×S images in [0, 1] (S = the detector's input size) → objects per image: one detector
-    forward for the batch, one attribute forward for every object found in it. With ``mirror`` the
-    classifier also reads each crop mirrored and the two probabilities are averaged: every attribute
-    of this world is the same in a mirror, and the second read costs a forward of small crops."""
+    forward for the batch, one attribute forward for every object found in it."""
     cfg = detector.cfg
     dev = images.device
     with torch.inference_mode():
@@ -372,13 +370,8 @@ def predict(detector: Detector, attrnet: AttributeNet, images: Tensor, mirror: b
         softs = torch.stack([d.soft for _, d in flat]).to(dev)
         areas = torch.tensor([float(d.mask.sum()) for _, d in flat], dtype=torch.float32, device=dev)
         crops = sample_crops(images.float().contiguous(), softs, owners, boxes, attrnet.cfg)
-        geo = geometry(boxes, areas, cfg.input_size)
-        logits = attrnet(crops, geo)
-        probs = {a: torch.softmax(v.float(), 1) for a, v in logits.items()}
-        if mirror:
-            flipped = attrnet(crops.flip(-1), geo)
-            probs = {a: (p + torch.softmax(flipped[a].float(), 1)) / 2 for a, p in probs.items()}
-        probs = {a: p.cpu() for a, p in probs.items()}
+        logits = attrnet(crops, geometry(boxes, areas, cfg.input_size))
+        probs = {a: torch.softmax(v.float(), 1).cpu() for a, v in logits.items()}
     out: list[list[Prediction]] = [[] for _ in dets]
     for n, (b, d) in enumerate(flat):
         p = {a: {name: float(probs[a][n, i]) for i, name in enumerate(attrnet.cfg.attributes[a])} for a in probs}

@@ -17,7 +17,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -295,17 +295,19 @@ def hard_scene(truth: dict[str, Any], distance: float) -> bool:
     return bool((d.min(1)[small] < distance).any())
 
 
-def train_detector(data: SceneSet, cfg: TrainConfig, seconds: float) -> tuple[Detector, dict[str, Any]]:
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 1])
-    model = Detector(cfg.detector).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.det_lr, weight_decay=cfg.weight_decay)
+StepLoss = Callable[[bool], tuple[torch.Tensor, dict[str, float]]]
+
+
+def fit(model: torch.nn.Module, step_loss: StepLoss, steps: int, seconds: float, lr: float, cfg: TrainConfig,
+        desc: str, clip: float | None = None) -> dict[str, Any]:
+    """The one training loop both networks share: AdamW, warm-up and cosine decay over the steps or
+    the time budget, the thread-count probe, bfloat16 autocast where chosen, a progress bar.
+    ``step_loss(bf16)`` draws the next batch and returns its loss and the parts to show."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     model.train()
     losses: list[float] = []
-    hard = np.array([hard_scene(t, cfg.hard_distance * cfg.world.size) for t in data.truths])
-    batches = draw_batches(len(data), cfg.det_batch, rng, np.where(hard, cfg.hard_weight, 1.0))
-    sched = Schedule(cfg.det_steps, seconds, cfg.det_lr)
-    bar = tqdm(range(cfg.det_steps), desc="detector", unit="step")
+    sched = Schedule(steps, seconds, lr)
+    bar = tqdm(range(steps), desc=desc, unit="step")
     threads = Threads(cfg.threads)
     bf16 = use_bf16(cfg.precision)
     for step in bar:
@@ -313,29 +315,42 @@ def train_detector(data: SceneSet, cfg: TrainConfig, seconds: float) -> tuple[De
         if progress >= 1:
             break
         threads.before(step)
-        idx = next(batches)
-        imgs, insts, boxes = [], [], []
-        for i in idx:
-            a, b, c = _augment(data.images[i], data.instances[i], _boxes(data.truths[i]), rng, vertical=True)
-            imgs.append(a)
-            insts.append(b)
-            boxes.append(c)
-        targets = detector_targets(insts, boxes, cfg.detector)
+        loss, parts = step_loss(bf16)
         for g in opt.param_groups:
             g["lr"] = sched.rate(progress)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            raw, fine = model(to_tensor(imgs))
-        loss, parts = nets.detector_loss((raw.float(), fine.float()), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         threads.after(step)
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", threads=threads.current, **{k: f"{v:.3f}" for k, v in parts.items()})
     model.eval()
-    return model, _log(losses, sched)
+    return _log(losses, sched)
+
+
+def train_detector(data: SceneSet, cfg: TrainConfig, seconds: float) -> tuple[Detector, dict[str, Any]]:
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 1])
+    model = Detector(cfg.detector).to(memory_format=torch.channels_last)
+    hard = np.array([hard_scene(t, cfg.hard_distance * cfg.world.size) for t in data.truths])
+    batches = draw_batches(len(data), cfg.det_batch, rng, np.where(hard, cfg.hard_weight, 1.0))
+
+    def step_loss(bf16: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        imgs, insts, boxes = [], [], []
+        for i in next(batches):
+            a, b, c = _augment(data.images[i], data.instances[i], _boxes(data.truths[i]), rng, vertical=True)
+            imgs.append(a)
+            insts.append(b)
+            boxes.append(c)
+        targets = detector_targets(insts, boxes, cfg.detector)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            raw, fine = model(to_tensor(imgs))
+        return nets.detector_loss((raw.float(), fine.float()), targets)
+
+    return model, fit(model, step_loss, cfg.det_steps, seconds, cfg.det_lr, cfg, "detector", clip=5.0)
 
 
 # ----------------------------------------------------------------------------- attributes
@@ -437,41 +452,22 @@ def train_attributes(data: SceneSet, cfg: TrainConfig, seconds: float,
     torch.manual_seed(cfg.seed + 1)
     rng = np.random.default_rng([cfg.seed, 2])
     model = AttributeNet(cfg.attributes)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.attr_lr, weight_decay=cfg.weight_decay)
-    model.train()
-    losses: list[float] = []
     batches = draw_batches(len(data), cfg.attr_batch, rng)
-    sched = Schedule(cfg.attr_steps, seconds, cfg.attr_lr)
-    bar = tqdm(range(cfg.attr_steps), desc="attributes", unit="step")
-    threads = Threads(cfg.threads)
-    bf16 = use_bf16(cfg.precision)
-    for step in bar:
-        progress = sched.progress(step)
-        if progress >= 1:
-            break
-        threads.before(step)
+
+    def step_loss(bf16: bool) -> tuple[torch.Tensor, dict[str, float]]:
         crops, geo, labels = attribute_batch(data, next(batches), cfg.attributes, rng, views)
-        for g in opt.param_groups:
-            g["lr"] = sched.rate(progress)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(crops, geo)
-        loss = sum(F.cross_entropy(logits[a].float(), labels[a], label_smoothing=0.02) for a in ATTRIBUTES)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        opt.step()
-        threads.after(step)
-        losses.append(float(loss.detach()))  # type: ignore[union-attr]
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", threads=threads.current)
-    model.eval()
-    return model, _log(losses, sched)
+        losses = [F.cross_entropy(logits[a].float(), labels[a], label_smoothing=0.02) for a in ATTRIBUTES]
+        return torch.stack(losses).sum(), {}
+
+    return model, fit(model, step_loss, cfg.attr_steps, seconds, cfg.attr_lr, cfg, "attributes")
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(detector: Detector, attrnet: AttributeNet, data: SceneSet, batch: int = 16, mirror: bool = True
-             ) -> dict[str, Any]:
+def evaluate(detector: Detector, attrnet: AttributeNet, data: SceneSet, batch: int = 16) -> dict[str, Any]:
     """Detector precision/recall at IoU 0.5 and attribute accuracy, on the matched detections (what a
     program sees) and on the true boxes (the classifier alone)."""
     tp = fp = fn = 0
@@ -483,7 +479,7 @@ def evaluate(detector: Detector, attrnet: AttributeNet, data: SceneSet, batch: i
     ious: list[float] = []
     for s in tqdm(range(0, len(data), batch), desc="held-out", unit="batch", leave=False):
         idx = np.arange(s, min(len(data), s + batch))
-        preds = nets.predict(detector, attrnet, to_tensor(data.images[idx]), mirror=mirror)
+        preds = nets.predict(detector, attrnet, to_tensor(data.images[idx]))
         for j, i in enumerate(idx):
             truth = data.truths[i]
             gt = torch.from_numpy(_boxes(truth))
