@@ -6,19 +6,27 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from modules.commands import Commands, add_pack_commands
 from modules.packs import PackError, build_catalog, load_packs
+from modules.values import ImageValue
 from program_dsl import IMAGE, Catalog, ProgramError, compile_program, format_program
 
+from .records import RunRecord, StepRecord
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from modules.base import Pack
+
+    from .runs import RunService
 
 
 def _read(path: str) -> str:
@@ -49,7 +57,7 @@ def _catalog(settings: Settings) -> Catalog:
 def cmd_check(args: argparse.Namespace) -> int:
     """Type-check files against every enabled pack's signatures; no model is loaded."""
     catalog = _catalog(Settings())
-    inputs = {n: IMAGE for n in args.input} if args.input else None
+    inputs = dict.fromkeys(args.input, IMAGE) if args.input else None
     failed = False
     for path in args.files:
         text = _read(path)
@@ -113,17 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args))
 
 
-async def _run(args: argparse.Namespace) -> int:
-    from modules.pool import Pool
-    from modules.values import ImageValue
-
-    from .executor import Executor, StepRecord
-    from .store import open_store
-
-    settings = Settings()
-    text = _read(args.program)
+def _images(specs: list[str]) -> dict[str, ImageValue]:
     images: dict[str, ImageValue] = {}
-    for spec in args.image:
+    for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = "IMAGE", spec
@@ -131,10 +131,23 @@ async def _run(args: argparse.Namespace) -> int:
             images[name] = ImageValue.from_bytes(Path(path).read_bytes())
         except OSError as e:
             raise SystemExit(f"nsx: cannot read image {path}: {e}") from None
+        except ValueError as e:  # PIL's "cannot identify image file"
+            raise SystemExit(f"nsx: {path} is not a readable image: {e}") from None
+    return images
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .metrics import Metrics
+    from .service import make_pool, running
+
+    settings = Settings()
+    text = _read(args.program)
+    images = _images(args.image)
+    metrics = Metrics()
     with _pack_errors():
-        pool = Pool(load_packs(settings.pack_list()), settings.pool_config())
+        pool = make_pool(settings, load_packs(settings.pack_list()), metrics)
     try:
-        plan = compile_program(text, pool.catalog, {n: IMAGE for n in images} if images else None)
+        plan = compile_program(text, pool.catalog, dict.fromkeys(images, IMAGE) if images else None)
     except ProgramError as e:
         print(e.render(args.program), file=sys.stderr)
         return 1
@@ -142,36 +155,35 @@ async def _run(args: argparse.Namespace) -> int:
     if missing:
         print(f"nsx: the program uses {', '.join(missing)}; pass --image {missing[0]}=PATH", file=sys.stderr)
         return 2
-    store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024)
     console = Console(stderr=True)
-    await pool.start()
-    executor = Executor(pool, store, step_ttl_s=settings.step_ttl_s, step_timeout_s=settings.step_timeout_s)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=args.json or not console.is_terminal) as progress:
-        task = progress.add_task("running", total=len(plan.steps))
+    async with running(settings, pool, metrics, wait=True) as svc:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=args.json or not console.is_terminal) as progress:
+            task = progress.add_task("running", total=len(plan.steps))
 
-        def on_step(rec: StepRecord) -> None:
-            progress.update(task, advance=1, description=f"{rec.id} {rec.module}")
+            def on_step(rec: StepRecord) -> None:
+                progress.update(task, advance=1, description=f"{rec.id} {rec.module}")
 
-        execution = await executor.execute(plan, images, cache=not args.no_cache, on_step=on_step)
-    await pool.close()
-    await store.close()
+            record = await svc.runs.run(text, images, cache=not args.no_cache, on_step=on_step)
     if args.json:
-        print(json.dumps({"status": execution.status, "result": execution.result_json, "error": execution.error,
-                          "steps": [s.to_dict() for s in execution.steps]}, indent=2))
+        print(record.model_dump_json(indent=2))
     else:
-        table = Table(title=f"{args.program}: {execution.status} in {execution.ms:.1f} ms")
-        for col in ("step", "vars", "module", "output", "cache", "ms"):
-            table.add_column(col)
-        for s in execution.steps:
-            table.add_row(s.id, ", ".join(s.vars), s.module, _short(s.output) if s.output else f"[red]{s.error}",
-                          s.cache, f"{s.ms:.2f}")
-        Console().print(table)
-        if execution.result_json is not None:
-            print(f"result: {_short(execution.result_json)}")
-        else:
-            print(f"error: {execution.error}", file=sys.stderr)
-    return 0 if execution.status == "succeeded" else 1
+        _print_record(args.program, record)
+    return 0 if record.status == "succeeded" else 1
+
+
+def _print_record(name: str, record: RunRecord) -> None:
+    table = Table(title=f"{name}: {record.status} in {record.timings.execute_ms:.1f} ms")
+    for col in ("step", "vars", "module", "output", "cache", "ms"):
+        table.add_column(col)
+    for s in record.steps:
+        table.add_row(s.id, ", ".join(s.vars), s.module, _short(s.output) if s.output else f"[red]{s.error}",
+                      s.cache, f"{s.ms:.2f}")
+    Console().print(table)
+    if record.result is not None:
+        print(f"result: {_short(record.result)}")
+    else:
+        print(f"error: {record.error}", file=sys.stderr)
 
 
 def _short(doc: dict[str, Any]) -> str:
@@ -223,16 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list the module catalog")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_modules)
-    # The shapes world's commands: building these parsers imports neither torch nor the service.
-    from modules.shapes import clevr as shapes_clevr
-    from modules.shapes.cli import add_parser as add_shapes_parser
-
-    from . import bench_shapes
-
-    add_shapes_parser(sub)
-    shapes_clevr.add_parsers(sub)
-    bench_shapes.add_parsers(sub)
+    bench = sub.add_parser("bench", help="benchmarks that packs provide").add_subparsers(dest="bench", required=True)
+    add_pack_commands(Commands(sub, bench, _open_runner))
     return parser
+
+
+def _open_runner(packs: Sequence[Pack], *, device: str = "auto", store_mb: int = 256
+                 ) -> AbstractAsyncContextManager[RunService]:
+    # Imported when a command runs, not when the parser is built: the service pulls in torch.
+    from .service import open_runner
+
+    return open_runner(packs, device=device, store_mb=store_mb)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,3 +47,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def on_store_event(self, event: str) -> None:
+        if event == "error":
+            self.store_errors.inc()
+
+    def on_cache(self, module: str, outcome: str) -> None:
+        """A step's cache outcome (hit, miss, off) or "error" when it failed."""
+        if outcome == "error":
+            self.module_errors.labels(module).inc()
+            return
+        self.step_cache.labels(module, outcome).inc()
+        if outcome == "miss":
+            self.module_calls.labels(module).inc()

@@ -1,5 +1,8 @@
 """Values ↔ bytes for the cache, and ↔ the typed JSON of a trace. JSON for structure, PNG for
-pixels; never pickle. Large payloads (images, masks) are artifacts stored once under their own key."""
+pixels; never pickle. Large payloads (images, masks) are artifacts stored once under their own key.
+
+A value's JSON names its artifacts by key only: it is what the step cache keeps for a week, so it
+must not depend on the API's routes. The records add URLs when a response is built."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from modules.values import ImageValue, Obj, Objects, sha256_key
+from program_dsl import ANY, BOOL, IMAGE, NONE, NUMBER, OBJECTS, TEXT, List, Type
 
 Artifacts = dict[str, bytes]
 Fetch = Callable[[str], Awaitable[bytes | None]]
@@ -22,40 +26,31 @@ class DecodeError(Exception):
     """A cached value could not be rebuilt (an artifact expired): the step is recomputed instead."""
 
 
-def artifact_url(key: str) -> str:
-    return f"/v1/artifacts/{key}"
-
-
 def mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
     return buf.getvalue()
 
 
-def type_name(value: Any) -> str:
-    if isinstance(value, ImageValue):
-        return "Image"
-    if isinstance(value, Objects):
-        return "Objects"
-    if isinstance(value, bool):
-        return "Bool"
-    if isinstance(value, (int, float)):
-        return "Number"
-    if isinstance(value, str):
-        return "Text"
-    if isinstance(value, list):
-        return "List"
-    if value is None:
-        return "None"
-    return type(value).__name__
+_DOC_TYPES = {"image": IMAGE, "objects": OBJECTS, "number": NUMBER, "bool": BOOL, "text": TEXT, "none": NONE}
+
+
+def doc_type(doc: dict[str, Any]) -> Type:
+    """The type of the value a JSON document holds, without decoding it (a cache hit stays JSON)."""
+    kind = doc.get("type")
+    if kind == "list":
+        items = doc.get("items") or []
+        first = doc_type(items[0]) if items else ANY
+        return List(first if all(doc_type(i) == first for i in items[1:]) else ANY)
+    return _DOC_TYPES.get(str(kind), ANY)
 
 
 def _obj_json(o: Obj, mask_key: str | None) -> dict[str, Any]:
-    item: dict[str, Any] = {"box": [round(float(v), 2) for v in o.box], "score": round(float(o.score), 4), "label": o.label}
+    item: dict[str, Any] = {"box": [round(float(v), 2) for v in o.box], "score": round(float(o.score), 4),
+                            "label": o.label}
     if o.attributes:
         item["attributes"] = o.attributes
     if mask_key is not None:
-        item["mask_url"] = artifact_url(mask_key)
         item["mask_key"] = mask_key
     return item
 
@@ -65,8 +60,7 @@ def encode(value: Any) -> tuple[dict[str, Any], Artifacts]:
     artifacts: Artifacts = {}
     if isinstance(value, ImageValue):
         artifacts[value.key] = value.png()
-        return {"type": "image", "key": value.key, "width": value.width, "height": value.height,
-                "url": artifact_url(value.key)}, artifacts
+        return {"type": "image", "key": value.key, "width": value.width, "height": value.height}, artifacts
     if isinstance(value, Objects):
         items = []
         for o in value:
@@ -132,7 +126,8 @@ async def decode(doc: dict[str, Any], fetch: Fetch) -> Any:
                     raise DecodeError(f"artifact {it['mask_key']} is gone")
                 mask = np.asarray(Image.open(io.BytesIO(data))) > 127
             items.append(Obj(tuple(it["box"]), it["score"], it.get("label", ""), it.get("attributes", {}), mask))
-        return Objects(tuple(items), doc["image"], tuple(doc["image_size"]))  # type: ignore[arg-type]
+        width, height = doc["image_size"]
+        return Objects(tuple(items), doc["image"], (int(width), int(height)))
     if kind in ("bool", "number", "text", "none"):
         return doc["value"]
     if kind == "list":

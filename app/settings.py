@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="calls queued per module before new runs get 429")
     max_concurrent_runs: int = Field(512, ge=1, description="runs executing at once before new ones get 429")
     lazy_load: bool = Field(False, description="load models on first use instead of at start-up")
-    module_packs: str | None = Field(None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
+    module_packs: str | None = Field(
+        None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
     api_keys: str | None = Field(None, description="comma-separated keys; set → every /v1 call needs one")
 
     @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", mode="before")

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/cache.py [--redis redis://127.0.0.1:6379/15] [--repeats 30]
 
+Runs go through the run service (compile, execute, record, persist), as the API's and the CLI's do.
 Everything is measured in this one process run, so the ratios compare like with like on a noisy machine.
 The program mixes cheap symbolic steps with image work (crops of a 1024×768 image, box drawing), so a
 miss pays real pixel work (and encoding its PNG when the cache is on); a hit pays a store read and a
@@ -18,12 +19,12 @@ import time
 
 from PIL import Image, ImageDraw
 
-from app.executor import Executor
-from app.store import open_store
+from app.metrics import Metrics
+from app.runs import RunService
+from app.service import make_pool, running
+from app.settings import Settings
 from modules.packs import load_packs
-from modules.pool import Pool
 from modules.values import ImageValue
-from program_dsl import IMAGE, compile_program
 
 PROGRAM = """\
 A = REGION(image=IMAGE, box=[100, 100, 400, 400], label='a')
@@ -49,38 +50,38 @@ def scene() -> ImageValue:
     return ImageValue.from_bytes(buf.getvalue())
 
 
-async def timed(executor: Executor, program: str, image: ImageValue, cache: bool, repeats: int) -> list[float]:
-    plan = compile_program(program, executor.pool.catalog, {"IMAGE": IMAGE})
+async def timed(runs: RunService, program: str, image: ImageValue, cache: bool, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        ex = await executor.execute(plan, {"IMAGE": image}, cache=cache)
+        record = await runs.run(program, {"IMAGE": image}, cache=cache)
         out.append((time.perf_counter() - t0) * 1000)
-        assert ex.status == "succeeded", ex.error
+        assert record.status == "succeeded", record.error
     return out
 
 
 async def main(redis_url: str | None, repeats: int) -> None:
-    store = open_store(redis_url, 512 * 1024 * 1024)
-    pool = Pool(load_packs(["core"]), "cpu")
-    await pool.start()
-    executor = Executor(pool, store)
-    image = scene()
-    steps = len(compile_program(PROGRAM, pool.catalog, {"IMAGE": IMAGE}).steps)
-    scalar_steps = len(compile_program(SCALAR, pool.catalog, {"IMAGE": IMAGE}).steps)
-    await timed(executor, PROGRAM, image, True, 1)  # fill the cache
-    # Interleave the two conditions so drift on a shared machine hits both alike.
-    hit: list[float] = []
-    off: list[float] = []
-    s_hit: list[float] = []
-    s_off: list[float] = []
-    for _ in range(repeats):
-        hit += await timed(executor, PROGRAM, image, True, 1)
-        off += await timed(executor, PROGRAM, image, False, 1)
-        s_hit += await timed(executor, SCALAR, image, True, 1)
-        s_off += await timed(executor, SCALAR, image, False, 1)
+    settings = Settings(redis_url=redis_url, memory_store_mb=512, packs="core", device="cpu")
+    metrics = Metrics()
+    async with running(settings, make_pool(settings, load_packs(["core"]), metrics), metrics, wait=True) as svc:
+        runs = svc.runs
+        image = scene()
+        steps = len(runs.compile(PROGRAM, ["IMAGE"]).steps)
+        scalar_steps = len(runs.compile(SCALAR, ["IMAGE"]).steps)
+        await timed(runs, PROGRAM, image, True, 1)  # fill the cache
+        # Interleave the two conditions so drift on a shared machine hits both alike.
+        hit: list[float] = []
+        off: list[float] = []
+        s_hit: list[float] = []
+        s_off: list[float] = []
+        for _ in range(repeats):
+            hit += await timed(runs, PROGRAM, image, True, 1)
+            off += await timed(runs, PROGRAM, image, False, 1)
+            s_hit += await timed(runs, SCALAR, image, True, 1)
+            s_off += await timed(runs, SCALAR, image, False, 1)
+        store_name = svc.store.name
     med = statistics.median
-    print(f"store: {store.name}; {repeats} repeats; medians")
+    print(f"store: {store_name}; {repeats} repeats; medians")
     print(f"image program ({steps} steps): all hits {med(hit):.2f} ms, cache off {med(off):.2f} ms, "
           f"off/hit = {med(off) / med(hit):.2f}x")
     print(f"scalar program ({scalar_steps} steps): all hits {med(s_hit):.3f} ms, cache off {med(s_off):.3f} ms, "
@@ -88,8 +89,6 @@ async def main(redis_url: str | None, repeats: int) -> None:
     print(f"per-step cost of a hit: {med(hit) / steps * 1000:.0f} µs (image program), "
           f"{med(s_hit) / scalar_steps * 1000:.0f} µs (scalar program); computing a trivial symbolic step "
           f"with the cache off: {med(s_off) / scalar_steps * 1000:.0f} µs")
-    await pool.close()
-    await store.close()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class Module(ABC):
 
     def warmup(self) -> None:
         """Run once on a dummy input so the first request does not pay for lazy initialisation."""
+        return None  # most modules have nothing to warm
 
     @abstractmethod
     def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:

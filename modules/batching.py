@@ -135,7 +135,7 @@ class Batcher:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch = self._items[: self.max_batch_size]
             del self._items[: self.max_batch_size]

@@ -1,45 +1,17 @@
-"""Signatures of VisProg's modules, declared once so their programs type-check on any deployment;
-``pack`` names the pack whose model runs each one, so a missing model is reported by name at run time."""
+"""VisProg's modules that no engine code implements, declared so their programs type-check on any
+deployment. ``pack`` names the pack whose model runs each one, so a missing model is reported by
+name at run time. A pack that implements one of these names must agree with the declaration in
+parameter names, types and which parameters are required (``packs.check_declared``)."""
 
 from __future__ import annotations
 
-from program_dsl import Signature, param, signature
+from program_dsl import Catalog, Signature, param, signature
 
-_CROP_DOC = "Crop the part of the image {where} the box (the whole image if there is no box)."
-_DIRECTIONS = {
-    "CROP_LEFTOF": "left of", "CROP_RIGHTOF": "right of", "CROP_ABOVE": "above", "CROP_BELOW": "below",
-    "CROP_FRONTOF": "in front of", "CROP_INFRONT": "in front of", "CROP_INFRONTOF": "in front of",
-    "CROP_BEHIND": "behind", "CROP_AHEAD": "ahead of",
-}
+_OBJECT_DOC = "what to find: a phrase ('muffin', 'large red circle'), or 'object' for everything"
 
-CORE: tuple[Signature, ...] = (
-    signature("COUNT", "Number", param("box", "Objects", doc="the objects to count"),
-              doc="Number of objects."),
-    signature("CROP", "Image", param("image", "Image"), param("box", "Objects"),
-              doc="Crop the image to the union of the boxes, slightly enlarged."),
-    *(signature(name, "Image", param("image", "Image"), param("box", "Objects"), doc=_CROP_DOC.format(where=where))
-      for name, where in _DIRECTIONS.items()),
-    signature("UNION", "Objects", param("left", "Objects"), param("right", "Objects"),
-              doc="Objects in either set (same image), duplicates dropped."),
-    signature("INTERSECT", "Objects", param("left", "Objects"), param("right", "Objects"),
-              doc="Objects present in both sets."),
-    signature("DIFFERENCE", "Objects", param("left", "Objects"), param("right", "Objects"),
-              doc="Objects of the first set not in the second."),
-    signature("EXISTS", "Bool", param("box", "Objects"), doc="Whether there is at least one object."),
-    signature("SORT", "Objects", param("box", "Objects"),
-              param("by", "Text", "x", choices=("x", "y", "area", "score"), doc="what to order by"),
-              param("descending", "Bool", False), doc="Objects ordered by position, area or score."),
-    signature("PICK", "Objects", param("box", "Objects"), param("index", "Number", 0),
-              doc="The object at a position of the list (negative counts from the end)."),
-    signature("REGION", "Objects", param("image", "Image"),
-              param("box", "List[Number]", doc="x1, y1, x2, y2 in pixels"), param("label", "Text", "region"),
-              doc="A region given by its box: lets a program point at a known place without a detector."),
-    signature("TAG", "Image", param("image", "Image"), param("object", "Objects"),
-              doc="Draw the objects' boxes and labels."),
-)
-
-NEURAL: tuple[Signature, ...] = (
-    signature("LOC", "Objects", param("image", "Image"), param("object", "Text", doc="what to find"),
+DECLARED: tuple[Signature, ...] = (
+    # 'object' may be left out: COUNT(LOC(IMAGE)) counts everything the detector finds.
+    signature("LOC", "Objects", param("image", "Image"), param("object", "Text", "object", doc=_OBJECT_DOC),
               doc="Find objects by description.", pack="shapes"),
     signature("VQA", "Text", param("image", "Image"), param("question", "Text"),
               doc="Answer a question about the image.", pack="hf"),
@@ -61,4 +33,9 @@ NEURAL: tuple[Signature, ...] = (
               param("categories", "List[Text]"), doc="Label each object with one of the categories.", pack="hf"),
 )
 
-VISPROG: tuple[Signature, ...] = CORE + NEURAL
+
+def declared_catalog(*implemented: Signature) -> Catalog:
+    """The declared signatures, with ``implemented`` ones (a pack's) in their place: what a
+    catalog looks like before any pack is loaded, for tools that only type-check."""
+    return Catalog.of([*DECLARED, *implemented])
+

@@ -3,6 +3,7 @@ devices, half precision — where no trained pack is wanted (tests, benchmarks).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,13 +25,14 @@ class ConvNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         chans = [3, width, width, 2 * width, 2 * width, 4 * width, 4 * width]
-        for i, (a, b) in enumerate(zip(chans, chans[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(chans)):
             layers += [nn.Conv2d(a, b, 3, stride=2 if i % 2 else 1, padding=1), nn.BatchNorm2d(b), nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(chans[-1], classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
+        logits: torch.Tensor = self.head(self.features(x).mean(dim=(2, 3)))
+        return logits
 
 
 class ConvProbe(TorchModule):

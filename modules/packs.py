@@ -10,7 +10,7 @@ from importlib.metadata import EntryPoint, entry_points
 from program_dsl import Catalog, Signature
 
 from .base import Module, Pack
-from .catalog import VISPROG
+from .catalog import DECLARED
 
 GROUP = "nsx.packs"
 log = logging.getLogger("nsx.packs")
@@ -39,7 +39,7 @@ def load_packs(enabled: Iterable[str] | None = None) -> list[Pack]:
             raise PackError(f"pack {name!r} is not installed; installed packs: {', '.join(sorted(found)) or 'none'}")
         try:
             pack = ep.load()()
-        except Exception as e:  # noqa: BLE001 - a pack's own import error, reported by name
+        except Exception as e:
             if explicit:
                 raise PackError(f"pack {name!r} failed to load: {type(e).__name__}: {e}") from e
             log.warning("skipping pack %s: %s: %s", name, type(e).__name__, e)
@@ -52,7 +52,8 @@ def load_packs(enabled: Iterable[str] | None = None) -> list[Pack]:
     return packs
 
 
-def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = None) -> tuple[dict[str, Module], dict[str, str]]:
+def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = None
+                    ) -> tuple[dict[str, Module], dict[str, str]]:
     """Every module under its qualified name (``pack.NAME``), and which pack each plain name means.
     A plain name offered by two packs is an error unless ``choose`` (NSX_MODULE_PACKS) settles it;
     the qualified names stay usable either way."""
@@ -84,11 +85,44 @@ def build_catalog(packs: Iterable[Pack], choose: Mapping[str, str] | None = None
     their programs type-check even where no pack here runs them (running such a step fails, naming
     the pack to install)."""
     packs = list(packs)
+    for pack in packs:
+        check_declared(pack)
     qualified, default = resolve_modules(packs, choose)
     pack_of = {q: q.split(".", 1)[0] for q in qualified}
-    sigs: dict[str, Signature] = {s.name: s for s in VISPROG}
-    own: dict[str, Signature] = {q: replace(m.signature, pack=pack_of[q]) for q, m in qualified.items()}
+    sigs: dict[str, Signature] = {s.name: s for s in DECLARED}
+    # The module's own version (code and weights) goes into the plan, so the compiler and the
+    # executor hash the same identity for a step.
+    own: dict[str, Signature] = {q: replace(m.signature, pack=pack_of[q], version=m.version)
+                                 for q, m in qualified.items()}
     sigs.update(own)
     for name, q in default.items():
         sigs[name] = own[q]
     return Catalog(sigs)
+
+
+_DECLARED = {s.name: s for s in DECLARED}
+
+
+def _shape(sig: Signature) -> tuple[str, list[tuple[str, str, bool]]]:
+    return str(sig.returns), [(p.name, str(p.type), p.required) for p in sig.params]
+
+
+def check_declared(pack: Pack) -> None:
+    """A pack implementing a declared VisProg name must take what the declaration takes: the same
+    parameters in the same order, of the same types, required where it is required, and return the
+    same type; it may add optional parameters after them. Otherwise a program that type-checks on
+    one deployment would fail on another."""
+    for module in pack.modules:
+        declared = _DECLARED.get(module.name)
+        if declared is None:
+            continue
+        (want_returns, want), (returns, got) = _shape(declared), _shape(module.signature)
+        if returns == want_returns and got[:len(want)] == want and not any(req for _, _, req in got[len(want):]):
+            continue
+        raise PackError(f"pack {pack.name!r} declares {_show(module.signature)}, which contradicts "
+                        f"the declared {_show(declared)}")
+
+
+def _show(sig: Signature) -> str:
+    params = ", ".join(f"{n}: {t}" + ("" if required else " = …") for n, t, required in _shape(sig)[1])
+    return f"{sig.name}({params}) -> {sig.returns}"

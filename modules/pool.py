@@ -106,7 +106,7 @@ class Pool:
                 device = self._device_for(module)
                 await asyncio.get_running_loop().run_in_executor(self._worker(device), self._load, module, device)
                 state.state = "ready"
-            except Exception as e:  # noqa: BLE001 - a broken pack must not take the service down
+            except Exception as e:
                 log.exception("module %s failed to load", qname)
                 state.state, state.error = "failed", f"{type(e).__name__}: {e}"
             state.load_ms = (time.perf_counter() - t0) * 1000

@@ -6,10 +6,12 @@ import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+from program_dsl import IMAGE, OBJECTS, Type
 
 
 def sha256_key(data: bytes) -> str:
@@ -20,6 +22,7 @@ def sha256_key(data: bytes) -> str:
 class ImageValue:
     """An RGB image and the key it is known by: sha256 of the uploaded bytes, or the step key that made it."""
 
+    nsx_type: ClassVar[Type] = IMAGE
     image: Image.Image
     key: str
 
@@ -65,6 +68,7 @@ class Obj:
 
 @dataclass(frozen=True, eq=False)
 class Objects:
+    nsx_type: ClassVar[Type] = OBJECTS
     items: tuple[Obj, ...]
     image_key: str
     image_size: tuple[int, int]  # width, height of the source image

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any
 
 from . import syntax as S
+from .arguments import Bound, bind, check_argument
 from .errors import Diagnostic, ProgramError, Span, did_you_mean
-from .evaluate import MAX_VALUE_DEPTH, EvalError, as_number, check_value, evaluate, to_text
+from .evaluate import EvalError, check_value, evaluate
+from .expressions import Rewrite
 from .formatter import format_expr
-from .parser import DEFAULT_LIMITS, Limits, decode_string, parse, parse_expression
-from .types import ANY, BOOL, IMAGE, NONE, NUMBER, TEXT, Catalog, List, Param, Signature, Type, param, signature
+from .parser import DEFAULT_LIMITS, Limits, parse, parse_expression
+from .plan import Const, Input, Plan, Ref, Source, Step, canonical_const, step_fingerprint
+from .strings import decode_string
+from .types import (
+    ANY,
+    IMAGE,
+    Catalog,
+    List,
+    Param,
+    Signature,
+    Type,
+    join_types,
+    param,
+    signature,
+    type_of,
+)
 
 # EVAL and RESULT belong to the language itself: every catalog has them.
 EVAL = signature("EVAL", "Any", param("expr", "Text", doc="an expression; {X} stands for X's value"),
@@ -27,125 +40,17 @@ BUILTINS = {"EVAL": EVAL, "RESULT": RESULT}
 DEFAULT_INPUTS: Mapping[str, Type] = {"IMAGE": IMAGE, "LEFT": IMAGE, "RIGHT": IMAGE}
 
 
-@dataclass(frozen=True)
-class Const:
-    value: Any
-
-
-@dataclass(frozen=True)
-class Ref:
-    step: str
-
-
-@dataclass(frozen=True)
-class Input:
-    name: str
-
-
-Source = Union[Const, Ref, Input]
-
-
-def source_to_dict(src: Source) -> dict[str, Any]:
-    if isinstance(src, Const):
-        return {"const": src.value}
-    if isinstance(src, Ref):
-        return {"step": src.step}
-    return {"input": src.name}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One module call. ``fingerprint`` is the same for the same call on the same inputs, whatever
-    the variables are named; cache keys at run time build on the same parts."""
-
-    id: str
-    module: str
-    version: str
-    pack: str
-    args: Mapping[str, Source]
-    type: Type
-    fingerprint: str
-    vars: tuple[str, ...] = ()
-    spans: tuple[Span, ...] = ()
-
-    def refs(self) -> list[str]:
-        return [s.step for s in self.args.values() if isinstance(s, Ref)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "module": self.module, "version": self.version, "pack": self.pack,
-            "args": {k: source_to_dict(v) for k, v in self.args.items()}, "type": str(self.type),
-            "vars": list(self.vars), "spans": [vars(s) for s in self.spans], "fingerprint": self.fingerprint,
-        }
-
-
-@dataclass(frozen=True)
-class Plan:
-    steps: tuple[Step, ...]
-    result: Source
-    result_type: Type
-    inputs: tuple[str, ...]
-    warnings: tuple[Diagnostic, ...] = ()
-    source: str = ""
-    by_id: Mapping[str, Step] = field(default_factory=dict, compare=False, repr=False)
-
-    def step(self, step_id: str) -> Step:
-        return self.by_id[step_id]
-
-    def fingerprint(self) -> str:
-        """Identity of what the plan computes, independent of names, spacing and comments."""
-        result = source_to_dict(self.result)
-        if "step" in result:
-            result = {"step": self.by_id[result["step"]].fingerprint}
-        blob = json.dumps({"steps": sorted(s.fingerprint for s in self.steps), "result": result}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "steps": [s.to_dict() for s in self.steps], "result": source_to_dict(self.result),
-            "result_type": str(self.result_type), "inputs": list(self.inputs),
-            "fingerprint": self.fingerprint(), "warnings": [w.to_dict() for w in self.warnings],
-        }
-
-
-def canonical_const(value: Any) -> Any:
-    """One spelling per value, so ``2`` and ``2.0`` reach the same step and the same cache entry."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, (list, tuple)):
-        return [canonical_const(v) for v in value]
-    return value
-
-
-def literal_type(value: Any) -> Type:
-    if isinstance(value, bool):
-        return BOOL
-    if isinstance(value, (int, float)):
-        return NUMBER
-    if isinstance(value, str):
-        return TEXT
-    if value is None:
-        return NONE
-    if isinstance(value, list):
-        return List(join_types([literal_type(v) for v in value]) if value else ANY)
-    return ANY
-
-
-def join_types(types: list[Type]) -> Type:
-    if not types:
-        return ANY
-    first = types[0]
-    return first if all(t == first for t in types) else ANY
-
-
-_ARITH = {"+", "-", "*", "/", "//", "%", "**"}
-_SCALAR = {"Number", "Text", "Bool", "Any"}
 # What a failed expression yields: typed Any so one mistake is reported once, not again by every user.
 _POISON: tuple[Source, Type] = (Input("\0error"), ANY)
 
 
+# An example value, by parameter type, for the hint on a prompt-template placeholder.
+_EXAMPLES = {"Number": "5", "Text": "'…'", "Bool": "True"}
+
+
 class _Compiler:
-    def __init__(self, program: S.Program, catalog: Mapping[str, Signature], inputs: Mapping[str, Type], limits: Limits) -> None:
+    def __init__(self, program: S.Program, catalog: Mapping[str, Signature], inputs: Mapping[str, Type],
+                 limits: Limits) -> None:
         self.program = program
         self.catalog = {**BUILTINS, **catalog}
         self.inputs = inputs
@@ -161,6 +66,8 @@ class _Compiler:
         self.warnings: list[Diagnostic] = []
         self.result: tuple[Source, Type] | None = None
         self.result_var: str | None = None
+        # '{X}' means X's value only inside an EVAL string; the flag says where the compiler is.
+        self.in_eval = False
         for stmt in program.statements:
             if isinstance(stmt, S.Assign):
                 self.first_assign.setdefault(stmt.target, stmt.span.line)
@@ -168,6 +75,9 @@ class _Compiler:
     def error(self, span: Span, message: str, hint: str | None = None, code: str = "error") -> tuple[Source, Type]:
         self.errors.append(Diagnostic.at(span, message, hint=hint, code=code))
         return _POISON
+
+    def report(self, span: Span, message: str, hint: str | None, code: str) -> None:
+        self.error(span, message, hint, code)
 
     # -- statements ---------------------------------------------------------------------
     def run(self) -> Plan:
@@ -192,7 +102,8 @@ class _Compiler:
             self.result_var = last_var
         for name, line in self.defined_at.items():
             if name not in self.used and name != self.result_var and self.env[name] != self.result:
-                stmt = next(s for s in stmts if isinstance(s, S.Assign) and s.target == name and s.span.line == line)
+                stmt = next(s for s in stmts
+                            if isinstance(s, S.Assign) and s.target == name and s.span.line == line)
                 self.warnings.append(Diagnostic.at(stmt.target_span, f"'{name}' is assigned but never used",
                                                    code="unused", severity="warning"))
         if self.errors:
@@ -203,7 +114,7 @@ class _Compiler:
             for s in self.steps
         )
         return Plan(steps, self.result[0], self.result[1], tuple(self.used_inputs), tuple(self.warnings),
-                    self.program.source, {s.id: s for s in steps})
+                    self.program.source, {s.id: s for s in steps}, self.program)
 
     def name_step(self, src: Source, var: str, span: Span) -> None:
         if isinstance(src, Ref):
@@ -224,23 +135,40 @@ class _Compiler:
             return Input(name), self.inputs[name]
         if name in self.first_assign:
             return self.error(span, f"'{name}' is used before it is defined",
-                              hint=f"it is assigned on line {self.first_assign[name]}", code="use-before-definition")
+                              hint=f"it is assigned on line {self.first_assign[name]}",
+                              code="use-before-definition")
         hint = did_you_mean(name, [*self.env, *self.inputs])
         if hint is None and self.inputs:
             hint = "inputs of this program: " + ", ".join(sorted(self.inputs))
         return self.error(span, f"undefined variable '{name}'", hint=hint, code="undefined-variable")
 
+    def stray_placeholder(self, node: S.Placeholder, param: Param | None = None) -> tuple[Source, Type]:
+        """'{X}' outside an EVAL string: a slip for X if the program knows X; else, most likely, a
+        placeholder of the prompt template the program was written from (VisProg's ``{list_max}``)."""
+        name = node.name
+        self.used.add(name)
+        if name in self.first_assign or name in self.inputs:
+            hint = f"write {name}"
+        else:
+            example = _EXAMPLES.get(str(param.type)) if param is not None else None
+            value = f"a value, e.g. {param.name}={example}" if param is not None and example else "a value"
+            hint = (f"it looks like a prompt-template placeholder, which must be filled in before the program is "
+                    f"sent: replace {{{name}}} with {value}")
+        return self.error(node.span, f"'{{{name}}}' is only meaningful inside an EVAL string", hint=hint,
+                          code="placeholder")
+
     def expr(self, node: S.Expr, stmt: S.Statement | None = None) -> tuple[Source, Type]:
         if isinstance(node, S.Literal):
-            return Const(canonical_const(node.value)), literal_type(node.value)
+            return Const(canonical_const(node.value)), type_of(node.value)
         if isinstance(node, S.Name):
             return self.lookup(node.id, node.span)
         if isinstance(node, S.Call):
             return self.call(node)
         if isinstance(node, S.ListExpr):
             items = [self.expr(i) for i in node.items]
-            if all(isinstance(s, Const) for s, _ in items):
-                value = [s.value for s, _ in items]  # type: ignore[union-attr]
+            consts = [s for s, _ in items if isinstance(s, Const)]
+            if len(consts) == len(items):
+                value = [c.value for c in consts]
                 try:
                     # Constants carry over between statements: one list per statement could nest without end.
                     check_value(value)
@@ -262,7 +190,7 @@ class _Compiler:
                 args[refs[src]] = src
             return refs[src]
 
-        rewritten, typ = self.rewrite(node, alias)
+        rewritten, typ = Rewrite(self, alias)(node)
         if len(self.errors) > before:
             return _POISON
         text = format_expr(rewritten)
@@ -272,104 +200,8 @@ class _Compiler:
                 value = evaluate(rewritten, {})
             except EvalError as e:
                 return self.error(span, str(e), code="eval")
-            return Const(canonical_const(value)), literal_type(value) if typ == ANY else typ
+            return Const(canonical_const(value)), type_of(value) if typ == ANY else typ
         return self.add_step(EVAL, {"expr": Const(text), **args}, typ, span)
-
-    def rewrite(self, node: S.Expr, alias: Any) -> tuple[S.Expr, Type]:
-        """Replace variables and calls with aliases (constants inline) and infer the type."""
-        span = node.span
-
-        def ref(src: Source, typ: Type) -> tuple[S.Expr, Type]:
-            if isinstance(src, Const):
-                return S.Literal(src.value, span), literal_type(src.value) if typ == ANY else typ
-            return S.Name(alias(src), span), typ
-
-        if isinstance(node, S.Literal):
-            return node, literal_type(node.value)
-        if isinstance(node, S.Name):
-            return ref(*self.lookup(node.id, span))
-        if isinstance(node, S.Call):
-            return ref(*self.call(node))
-        if isinstance(node, S.Placeholder):
-            src, typ = self.lookup(node.name, span)
-            if isinstance(src, Const):
-                value = as_number(src.value)
-                return S.Literal(value, span), literal_type(value)
-            # A Text placeholder may read as a number at run time: its type is known only then.
-            return S.Placeholder(alias(src), span), ANY if typ == TEXT else typ
-        if isinstance(node, S.Template):
-            parts: list[str | S.Placeholder] = []
-            for p in node.parts:
-                if isinstance(p, str):
-                    parts.append(p)
-                    continue
-                src, typ = self.lookup(p.name, p.span)
-                if typ.name not in _SCALAR | {"List", "None"}:
-                    self.error(p.span, f"'{{{p.name}}}' is {typ}, which has no text form", code="type")
-                if isinstance(src, Const):
-                    parts.append(to_text(src.value))
-                else:
-                    parts.append(S.Placeholder(alias(src), p.span))
-            merged: list[str | S.Placeholder] = []
-            for p in parts:
-                if isinstance(p, str) and merged and isinstance(merged[-1], str):
-                    merged[-1] += p
-                else:
-                    merged.append(p)
-            if all(isinstance(p, str) for p in merged):
-                return S.Literal("".join(merged), span), TEXT  # type: ignore[arg-type]
-            return S.Template(tuple(merged), span), TEXT
-        if isinstance(node, S.ListExpr):
-            items = [self.rewrite(i, alias) for i in node.items]
-            typ = List(join_types([t for _, t in items]))
-            if _nesting(typ) > MAX_VALUE_DEPTH:
-                # The run would fail (check_value), and deep types break str() and JSON first.
-                self.error(span, f"the value is nested too deeply (more than {MAX_VALUE_DEPTH} levels)", code="eval")
-                typ = ANY
-            return S.ListExpr(tuple(i for i, _ in items), span), typ
-        if isinstance(node, S.Unary):
-            operand, t = self.rewrite(node.operand, alias)
-            if node.op == "not":
-                return S.Unary("not", operand, span), BOOL
-            if t.name not in ("Number", "Any"):
-                self.error(node.span, f"'{node.op}' needs a Number, got {t}", code="type")
-            return S.Unary(node.op, operand, span), NUMBER if t == NUMBER else ANY
-        if isinstance(node, S.Binary):
-            left, lt = self.rewrite(node.left, alias)
-            right, rt = self.rewrite(node.right, alias)
-            out = S.Binary(node.op, left, right, span)
-            if node.op not in _ARITH:
-                return out, BOOL
-            return out, self.arith_type(node, lt, rt)
-        if isinstance(node, S.Compare):
-            left, lt = self.rewrite(node.left, alias)
-            comps = [self.rewrite(c, alias) for c in node.comparators]
-            types = [lt, *(t for _, t in comps)]
-            for op, a, b, c in zip(node.ops, types, types[1:], node.comparators):
-                if op in ("<", "<=", ">", ">=") and not ({a.name, b.name} <= {"Number", "Any"} or {a.name, b.name} <= {"Text", "Any"}):
-                    self.error(Span(node.span.line, node.span.column, c.span.end_line, c.span.end_column),
-                               f"cannot compare {a} {op} {b}", code="type")
-                if op == "in" and b.name not in ("Text", "List", "Any"):
-                    self.error(c.span, f"'in' needs a Text or a List on its right, got {b}", code="type")
-            return S.Compare(left, node.ops, tuple(c for c, _ in comps), span), BOOL
-        if isinstance(node, S.IfExp):
-            test, _ = self.rewrite(node.test, alias)
-            body, bt = self.rewrite(node.body, alias)
-            orelse, ot = self.rewrite(node.orelse, alias)
-            return S.IfExp(test, body, orelse, span), join_types([bt, ot])
-        raise AssertionError(f"unexpected node {type(node).__name__}")
-
-    def arith_type(self, node: S.Binary, lt: Type, rt: Type) -> Type:
-        names = {lt.name, rt.name}
-        if names <= {"Number"}:
-            return NUMBER
-        if node.op == "+" and names <= {"Text"}:
-            return TEXT
-        if names <= {"Number", "Any"} or (node.op == "+" and names <= {"Text", "Any"}):
-            return ANY
-        need = "two Numbers or two Texts" if node.op == "+" else "Numbers"
-        self.error(node.span, f"'{node.op}' needs {need}, got {lt} and {rt}", code="type")
-        return ANY
 
     # -- calls --------------------------------------------------------------------------
     def call(self, node: S.Call) -> tuple[Source, Type]:
@@ -380,7 +212,9 @@ class _Compiler:
             names = [n for n in self.catalog if not n.startswith("_")]
             return self.error(node.func_span, f"unknown module '{node.func}'", hint=did_you_mean(node.func, names),
                               code="unknown-module")
-        bound = self.bind(sig, node)
+        bound, stray = bind(sig, node, self.report)
+        for value in stray:
+            self.expr(value)
         if bound is None:
             return _POISON
         if sig.name == "RESULT":
@@ -398,88 +232,27 @@ class _Compiler:
                 args[p.name] = Const(canonical_const(p.default))
                 continue
             _, value = bound[p.name]
+            if isinstance(value, S.Placeholder):
+                # Directly an argument, so the hint can show the argument with a value.
+                args[p.name] = self.stray_placeholder(value, p)[0]
+                continue
             src, typ = self.expr(value)
-            self.check_arg(sig, p, src, typ, value.span)
+            check_argument(sig, p, src, typ, value.span, self.report)
             args[p.name] = src
         if len(self.errors) > before:
             return _POISON
         return self.add_step(sig, args, sig.returns, node.span)
 
-    def bind(self, sig: Signature, node: S.Call) -> dict[str, tuple[Span, S.Expr]] | None:
-        bound: dict[str, tuple[Span, S.Expr]] = {}
-        ok = True
-        # Only positionals before the first keyword bind by position; a later one is an error of its
-        # own and must not also bind to a parameter (which would report a bogus duplicate).
-        first_kw = next((i for i, a in enumerate(node.args) if a.name is not None), len(node.args))
-        positional = list(node.args[:first_kw])
-        misplaced = [a for a in node.args[first_kw:] if a.name is None]
-        keywords = {a.name for a in node.args if a.name is not None}
-        free = [p.name for p in sig.params[len(positional):] if p.name not in keywords]
-        for a in misplaced:
-            self.error(a.span, "positional argument after a keyword argument",
-                       hint=f"name it, e.g. {free[0]}=…" if free else None, code="argument")
-            ok = False
-        if len(positional) > len(sig.params):
-            extra = positional[len(sig.params)]
-            n = len(sig.params)
-            self.error(extra.span, f"{sig.name} takes {n} argument{'s' if n != 1 else ''}, got {len(positional)}",
-                       hint=f"{sig.name}({', '.join(p.name for p in sig.params)})", code="argument")
-            ok = False
-        for p, a in zip(sig.params, positional):
-            bound[p.name] = (a.span, a.value)
-        suggested: set[str] = set()
-        for a in node.args:
-            if a.name is None:
-                continue
-            name_span = a.name_span or a.span
-            if sig.param(a.name) is None:
-                hint = did_you_mean(a.name, [p.name for p in sig.params])
-                if hint is not None:
-                    suggested.add(hint.split("'")[1])
-                if hint is None:
-                    hint = f"{sig.name} takes " + (", ".join(p.name for p in sig.params) or "no arguments")
-                self.error(name_span, f"{sig.name} has no argument '{a.name}'", hint=hint, code="unknown-argument")
-                self.expr(a.value)
-                ok = False
-                continue
-            if a.name in bound:
-                self.error(name_span, f"argument '{a.name}' is given twice", code="duplicate-argument")
-                ok = False
-                continue
-            bound[a.name] = (a.span, a.value)
-        for p in sig.params:
-            # A misspelt or misplaced argument already says which one is missing: no second error for it.
-            if p.required and p.name not in bound and p.name not in suggested and p.name not in free[:len(misplaced)]:
-                self.error(node.func_span, f"{sig.name} is missing argument '{p.name}' ({p.type})",
-                           hint=f"add {p.name}=…", code="missing-argument")
-                ok = False
-        return bound if ok else None
-
-    def check_arg(self, sig: Signature, p: Param, src: Source, typ: Type, span: Span) -> bool:
-        if typ == NONE:
-            if p.default is None:
-                return True
-            self.error(span, f"{sig.name}'s '{p.name}' cannot be None", hint=f"give a {p.type}", code="type")
-            return False
-        if not p.type.accepts(typ):
-            self.error(span, f"{sig.name} expects {p.type} for '{p.name}', got {typ}", code="type")
-            return False
-        if p.choices is not None and isinstance(src, Const) and src.value not in p.choices:
-            allowed = ", ".join(repr(c) for c in p.choices)
-            hint = did_you_mean(str(src.value), [str(c) for c in p.choices]) if isinstance(src.value, str) else None
-            self.error(span, f"{sig.name}'s '{p.name}' must be one of {allowed}; got {src.value!r}",
-                       hint=hint, code="choice")
-            return False
-        return True
-
-    def eval_call(self, node: S.Call, bound: dict[str, tuple[Span, S.Expr]]) -> tuple[Source, Type]:
+    def eval_call(self, node: S.Call, bound: Bound) -> tuple[Source, Type]:
         _, value = bound["expr"]
+        if isinstance(value, S.Placeholder):
+            return self.stray_placeholder(value)
         if not isinstance(value, S.Literal) or not isinstance(value.value, str):
             return self.error(value.span, "EVAL's 'expr' must be a string literal",
                               hint="write the expression itself, without EVAL, to compute it from variables",
                               code="eval")
         raw = value.raw or repr(value.value)
-        decoded_offsets = _offsets(raw)
+        decoded_offsets = decode_string(raw)[1]
         base = value.span
 
         def pos_span(start: int, end: int) -> Span:
@@ -498,17 +271,18 @@ class _Compiler:
         if calls:
             return self.error(calls[0].span, "an EVAL string cannot call modules",
                               hint="call the module in its own statement and use {VAR}", code="eval")
-        return self.expression_step(expr, node.span)
+        self.in_eval = True
+        try:
+            return self.expression_step(expr, node.span)
+        finally:
+            self.in_eval = False
 
     def add_step(self, sig: Signature, args: dict[str, Source], typ: Type, span: Span) -> tuple[Source, Type]:
-        def part(src: Source) -> Any:
-            if isinstance(src, Ref):
-                return {"step": self.steps[int(src.step[1:]) - 1]["fingerprint"]}
-            return source_to_dict(src)
+        def parent(step_id: str) -> str:
+            fingerprint: str = self.steps[int(step_id[1:]) - 1]["fingerprint"]
+            return fingerprint
 
-        blob = json.dumps({"module": sig.name, "pack": sig.pack, "version": sig.version, "args": {k: part(v) for k, v in args.items()}},
-                          sort_keys=True, ensure_ascii=False, default=str)
-        fp = hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+        fp = step_fingerprint(f"{sig.pack}.{sig.name}", sig.version, args, parent)
         step = self.by_fp.get(fp)
         if step is None:
             step = {"id": f"s{len(self.steps) + 1}", "module": sig.name, "version": sig.version, "pack": sig.pack,
@@ -518,17 +292,6 @@ class _Compiler:
         elif span not in step["spans"]:
             step["spans"].append(span)
         return Ref(step["id"]), typ
-
-
-def _nesting(typ: Type) -> int:
-    depth = 1
-    while typ.item is not None:
-        typ, depth = typ.item, depth + 1
-    return depth
-
-
-def _offsets(raw: str) -> list[int]:
-    return decode_string(raw)[1]
 
 
 def compile_program(

@@ -39,10 +39,13 @@ class Diagnostic:
 
     def render(self, source: str, filename: str = "<program>") -> str:
         """Compiler-style text: ``file:line:col: error: message``, the line, and a caret under the place."""
+        return self.render_lines(source.splitlines(), filename)
+
+    def render_lines(self, lines: Sequence[str], filename: str = "<program>") -> str:
+        """``render`` over the source already split into lines (for many diagnostics of one source)."""
         head = f"{filename}:{self.line}:{self.column}: {self.severity}: {self.message}"
         if self.hint:
             head += f"; {self.hint}"
-        lines = source.splitlines()
         if not 1 <= self.line <= len(lines):
             return head
         text = lines[self.line - 1].replace("\t", " ")
@@ -67,7 +70,8 @@ class ProgramError(Exception):
         super().__init__(self.render())
 
     def render(self, filename: str = "<program>") -> str:
-        return "\n".join(d.render(self.source, filename) for d in self.diagnostics)
+        lines = self.source.splitlines()
+        return "\n".join(d.render_lines(lines, filename) for d in self.diagnostics)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import syntax as S
 from .parser import parse_expression
+from .types import type_label
 
 
 class EvalError(Exception):
@@ -39,23 +40,11 @@ def to_text(value: Any) -> str:
     raise EvalError(f"cannot use a value of type {type(value).__name__} as text")
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "Bool"
-    if isinstance(value, (int, float)):
-        return "Number"
-    if isinstance(value, str):
-        return "Text"
-    if isinstance(value, list):
-        return "List"
-    if value is None:
-        return "None"
-    return type(value).__name__
-
-
 def _num(value: Any, op: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise EvalError(f"'{op}' needs numbers, got {_kind(value)} {to_text(value)!r}" if _kind(value) in ("Text", "None") else f"'{op}' needs numbers, got {_kind(value)}")
+        kind = type_label(value)
+        shown = f" {to_text(value)!r}" if kind in ("Text", "None") else ""
+        raise EvalError(f"'{op}' needs numbers, got {kind}{shown}")
     return value
 
 
@@ -127,14 +116,14 @@ def _compare(op: str, a: Any, b: Any) -> bool:
     if op == "in":
         if isinstance(b, str):
             if not isinstance(a, str):
-                raise EvalError(f"'in' a text needs a text on its left, got {_kind(a)}")
+                raise EvalError(f"'in' a text needs a text on its left, got {type_label(a)}")
             return a in b
         if isinstance(b, list):
             return a in b
-        raise EvalError(f"'in' needs a text or a list on its right, got {_kind(b)}")
+        raise EvalError(f"'in' needs a text or a list on its right, got {type_label(b)}")
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
     if not numeric and not (isinstance(a, str) and isinstance(b, str)):
-        raise EvalError(f"cannot compare {_kind(a)} {op} {_kind(b)}")
+        raise EvalError(f"cannot compare {type_label(a)} {op} {type_label(b)}")
     if op == "<":
         return bool(a < b)
     if op == "<=":

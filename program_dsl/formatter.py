@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import syntax as S
-from .parser import DEFAULT_LIMITS, Limits, parse, quote_string
+from .parser import DEFAULT_LIMITS, Limits, parse
+from .strings import quote_string
 
 # Binding strength, loosest first; a child is parenthesised when it binds looser than its place needs.
 _PREC = {"if": 1, "or": 2, "xor": 3, "and": 4, "not": 5, "cmp": 6, "+": 7, "-": 7,
@@ -21,7 +22,8 @@ def _prec(node: S.Expr) -> int:
         return _PREC["not"] if node.op == "not" else _PREC["unary"]
     if isinstance(node, S.Compare):
         return _PREC["cmp"]
-    if isinstance(node, S.Literal) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool) and node.value < 0:
+    if (isinstance(node, S.Literal) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+            and node.value < 0):
         return _PREC["unary"]
     return _PREC["atom"]
 

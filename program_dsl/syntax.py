@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from .errors import Span
 
@@ -91,7 +90,7 @@ class Template:
     span: Span
 
 
-Expr = Union[Name, Literal, ListExpr, Call, Unary, Binary, Compare, IfExp, Placeholder, Template]
+Expr = Name | Literal | ListExpr | Call | Unary | Binary | Compare | IfExp | Placeholder | Template
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ class ExprStmt:
     span: Span
 
 
-Statement = Union[Assign, ExprStmt]
+Statement = Assign | ExprStmt
 
 
 @dataclass(frozen=True)

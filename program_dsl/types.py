@@ -11,7 +11,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Type:
-    """A value type: ``Image``, ``Objects``, ``Number``, ``Bool``, ``Text``, ``List[T]``; ``Any`` is checked at run time."""
+    """A value type: ``Image``, ``Objects``, ``Number``, ``Bool``, ``Text``, ``List[T]``; ``Any`` is checked
+    at run time."""
 
     name: str
     item: Type | None = None
@@ -39,6 +40,41 @@ NONE = Type("None")
 
 def List(item: Type) -> Type:  # noqa: N802 - reads like the type it builds
     return Type("List", item)
+
+
+def join_types(types: Iterable[Type]) -> Type:
+    """The type every one of ``types`` has, else Any (and Any for none at all)."""
+    it = iter(types)
+    first = next(it, ANY)
+    return first if all(t == first for t in it) else ANY
+
+
+def type_of(value: Any) -> Type:
+    """The language's type of a value: scalars and lists by their Python type (an empty list is
+    List[Any]), any other object by its class's ``nsx_type`` (a Type), else Any."""
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, (int, float)):
+        return NUMBER
+    if isinstance(value, str):
+        return TEXT
+    if value is None:
+        return NONE
+    # Looked up on the class, as declared there (``nsx_type: ClassVar[Type] = IMAGE``), and before
+    # the list case, so a class that declares its type is taken at its word.
+    declared = getattr(type(value), "nsx_type", None)
+    if isinstance(declared, Type):
+        return declared
+    if isinstance(value, list):
+        return List(join_types([type_of(v) for v in value]) if value else ANY)
+    return ANY
+
+
+def type_label(value: Any) -> str:
+    """A value's type for a message: the language's name for it (``List``, not ``List[Number]``),
+    or the Python class of a value the language has no type for."""
+    typ = type_of(value)
+    return typ.name if typ != ANY else type(value).__name__
 
 
 def parse_type(text: str) -> Type:
@@ -110,11 +146,13 @@ class Signature:
         }
 
 
-def signature(name: str, returns: str, *params: Param, version: str = "1", doc: str = "", pack: str = "core") -> Signature:
+def signature(name: str, returns: str, *params: Param, version: str = "1", doc: str = "",
+              pack: str = "core") -> Signature:
     return Signature(name, tuple(params), parse_type(returns), version, doc, pack)
 
 
-def param(name: str, type: str, default: Any = REQUIRED, choices: Iterable[Any] | None = None, doc: str = "") -> Param:
+def param(name: str, type: str, default: Any = REQUIRED,  # noqa: A002 - callers know it as Param.type
+          choices: Iterable[Any] | None = None, doc: str = "") -> Param:
     return Param(name, parse_type(type), default, tuple(choices) if choices is not None else None, doc)
 
 

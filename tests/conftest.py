@@ -187,3 +187,54 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- documented statuses
+
+# Every status a test sees from a route must be one the route documents in its OpenAPI document.
+# Recorded from every TestClient request of the session and checked when the session ends, so a
+# new test that provokes an undocumented status fails the run, whichever file it is in.
+_OBSERVED: set[tuple[int, str, str, int]] = set()
+_APPS: dict[int, object] = {}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _record_statuses() -> Iterator[None]:
+    from fastapi.testclient import TestClient
+
+    original = TestClient.request
+
+    def request(self: TestClient, method: str, url: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        response = original(self, method, url, *args, **kwargs)  # type: ignore[arg-type]
+        _APPS[id(self.app)] = self.app
+        _OBSERVED.add((id(self.app), method.upper(), response.request.url.path, response.status_code))
+        return response
+
+    TestClient.request = request  # type: ignore[method-assign]
+    yield
+    TestClient.request = original  # type: ignore[method-assign]
+
+
+def undocumented_statuses() -> list[str]:
+    import re
+
+    out = []
+    docs: dict[int, dict] = {}
+    for app_id, method, path, status in sorted(_OBSERVED):
+        app = _APPS[app_id]
+        if not hasattr(app, "openapi"):
+            continue
+        doc = docs.setdefault(app_id, app.openapi())  # type: ignore[attr-defined]
+        for template, ops in doc["paths"].items():
+            if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path) and method.lower() in ops:
+                if str(status) not in ops[method.lower()]["responses"]:
+                    out.append(f"{method} {template} answered {status}, which its OpenAPI entry does not document")
+                break
+    return sorted(set(out))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    bad = undocumented_statuses()
+    if bad:
+        print("\nundocumented statuses:\n  " + "\n  ".join(bad))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -3,17 +3,18 @@ format stably, and keep their plan through formatting; and the plans say what th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from modules.catalog import VISPROG
+from modules.catalog import declared_catalog
+from modules.core import SIGNATURES as CORE
 from program_dsl import (
     IMAGE,
     NUMBER,
     TEXT,
-    Catalog,
     Const,
     Input,
     List,
@@ -25,9 +26,10 @@ from program_dsl import (
     compile_program,
     format_program,
     parse,
+    step_key,
 )
 
-CATALOG = Catalog.of(VISPROG)
+CATALOG = declared_catalog(*CORE)
 VALID = Path(__file__).parent / "corpus" / "valid"
 PROGRAMS = sorted(VALID.glob("*.nsx"))
 # Programs that leave a variable unused on purpose (it is what the `unused` warning is for).
@@ -262,6 +264,26 @@ def test_steps_keep_module_metadata_for_the_executor() -> None:
     assert by_module["LOC"].pack == "shapes"
     assert by_module["VQA"].pack == "hf"
     assert all(s.version for s in plan.steps)
+
+
+def test_step_key_is_the_run_time_cache_key() -> None:
+    def expected(module: str, version: str, consts: dict[str, object], inputs: dict[str, str]) -> str:
+        blob = json.dumps({"m": module, "v": version, "a": consts, "i": inputs}, sort_keys=True,
+                          ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+    assert step_key("core.COUNT", "1", {}, {"box": "ab12"}) == expected("core.COUNT", "1", {}, {"box": "ab12"})
+    # Text of any kind, a lone surrogate included, keys the same way.
+    consts: dict[str, object] = {"object": "café \ud800", "n": [1, 2.5, None, True]}
+    assert step_key("shapes.LOC", "2", consts, {"image": "sha256:00"}) == expected("shapes.LOC", "2", consts,
+                                                                                  {"image": "sha256:00"})
+    assert step_key("m", "1", {"a": 1}, {}) != step_key("m", "1", {}, {"a": "1"})
+
+
+def test_step_fingerprints_are_step_keys_over_input_names_and_parent_fingerprints() -> None:
+    loc, count = plan_of("COUNT(LOC(IMAGE, 'muffin'))").steps
+    assert loc.fingerprint == step_key(f"{loc.pack}.LOC", loc.version, {"object": "muffin"}, {"image": "input:IMAGE"})
+    assert count.fingerprint == step_key(f"{count.pack}.COUNT", count.version, {}, {"box": f"step:{loc.fingerprint}"})
 
 
 def test_compile_cached_returns_the_same_plan_object() -> None:

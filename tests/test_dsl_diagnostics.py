@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from modules.catalog import VISPROG
-from program_dsl import IMAGE, Catalog, Diagnostic, Limits, ProgramError, check, compile_program, format_program, parse
+from modules.catalog import declared_catalog
+from modules.core import SIGNATURES as CORE
+from program_dsl import IMAGE, Diagnostic, Limits, ProgramError, check, compile_program, format_program, parse
 
-CATALOG = Catalog.of(VISPROG)
+CATALOG = declared_catalog(*CORE)
 INVALID = Path(__file__).parent / "corpus" / "invalid"
 BROKEN = sorted(INVALID.glob("*.nsx"))
 
@@ -166,9 +167,141 @@ def test_names_that_only_contain_keywords_are_fine() -> None:
     assert plan.result.value == 3  # type: ignore[union-attr]
 
 
-def test_a_syntax_error_stops_at_the_first_one() -> None:
-    # LALR cannot resume reliably; one precise error beats a cascade of guesses.
-    assert len(errors("x = (\ny = )\nz = ]")) == 1
+def test_a_syntax_error_does_not_hide_the_next_statements() -> None:
+    # Parsing starts again at the next statement: each broken statement gets its own error, and only
+    # its own (the '(' is closed on line 2, so lines 1-2 are one statement with one mistake).
+    assert [seen(d) for d in errors("x = (\ny = )\nz = ]")] == [
+        Seen("unexpected '='", 2, 3, 4, "expected '(', ')' or an operator", "syntax"),
+        Seen("unexpected ']'", 3, 5, 6, "expected an expression", "syntax"),
+    ]
+
+
+NEXT_STATEMENT = "expected ';', a new line, the end of the program or an operator"
+
+
+def test_every_statement_with_a_syntax_error_is_reported_in_source_order() -> None:
+    text = "a = 1 2\nb = (3\nc = LOC(IMAGE, 'x')\nd = 4 5\ne = COUNT(box=)\n"
+    assert [seen(d) for d in errors(text)] == [
+        Seen("unexpected number 2", 1, 7, 8, NEXT_STATEMENT, "syntax"),
+        Seen("'(' at 2:5 is never closed", 2, 5, 6, "close it with ')'", "syntax"),
+        Seen("unexpected number 5", 4, 7, 8, NEXT_STATEMENT, "syntax"),
+        Seen("unexpected ')'", 5, 15, 16, "expected an expression", "syntax"),
+    ]
+
+
+def test_a_statement_over_several_lines_is_one_statement_when_resuming() -> None:
+    # The call's lines 2-4 belong to it: no errors for them, and the error after it is found.
+    text = "x = 1 2\nBOX0 = LOC(\n    image=IMAGE,\n    object='muffin',\n)\ny = 3 4\n"
+    assert [(d.line, d.column) for d in errors(text)] == [(1, 7), (6, 7)]
+    # A missing comma inside a call closed on a later line is reported where it is, not as unclosed.
+    text = "x = LOC(\n    image=IMAGE\n    object='a')\ny = $\n"
+    assert [seen(d) for d in errors(text)] == [
+        Seen("unexpected name 'object'", 3, 5, 11, "expected '(', ')', ',' or an operator", "syntax"),
+        Seen("unexpected character '$'", 4, 5, 6, "expected an expression", "syntax"),
+    ]
+
+
+def test_the_next_line_of_a_string_left_open_is_not_a_second_error() -> None:
+    # The string goes on to the next line's quote, as meant; the statement after it is checked.
+    text = "q = 'what\nis it?'\nx = 1 2\n"
+    assert [(d.message, d.line, d.column) for d in errors(text)] == [
+        ("unterminated string", 1, 5), ("unexpected number 2", 3, 7),
+    ]
+    # VisProg's missing quote: the next line is a statement of its own.
+    text = "BOX0=LOC(image=IMAGE,object='muffin)\nANSWER0=COUNT(box=BOX0) 3\n"
+    assert [(d.message, d.line, d.column) for d in errors(text)] == [
+        ("unterminated string", 1, 29), ("unexpected number 3", 2, 25),
+    ]
+
+
+def test_limit_and_literal_errors_do_not_hide_syntax_errors_either() -> None:
+    text = "y = 1e999\nx = 1 2\nz = [[[[[1]]]]]\n"
+    assert [(d.code, d.line, d.column) for d in errors(text, limits=SMALL)] == [
+        ("number", 1, 5), ("syntax", 2, 7), ("limit", 3, 5),
+    ]
+
+
+def test_syntax_errors_hide_compile_errors() -> None:
+    # Compiling around a broken statement would guess what it meant: fix the syntax first.
+    assert [d.code for d in errors("x = FOO()\ny = 1 2")] == ["syntax"]
+
+
+def test_the_number_of_syntax_errors_is_bounded() -> None:
+    assert len(errors("x = 1 2\n" * 10, limits=Limits(max_statements=4))) == 4
+    assert len(errors("=\n" * 30000)) == 1000
+
+
+# -- brackets never closed -------------------------------------------------------------------------
+
+
+def test_an_unclosed_bracket_is_reported_where_it_was_opened() -> None:
+    # VisProg's dropped ')': without it, the parser would complain about the next line's 'ANSWER0'.
+    text = "BOX0=LOC(image=IMAGE,object='muffin'\nANSWER0=COUNT(box=BOX0)\nFINAL_RESULT=RESULT(var=ANSWER0)\n"
+    assert only(text) == Seen("'(' at 1:9 is never closed", 1, 9, 10, "close it with ')'", "syntax")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x = [1, 2,\ny = 3", Seen("'[' at 1:5 is never closed", 1, 5, 6, "close it with ']'", "syntax")),
+        ("x = {A\ny = 3", Seen("'{' at 1:5 is never closed", 1, 5, 6, "close it with '}'", "syntax")),
+        ("x = (1 +\n\ny = 2\n", Seen("'(' at 1:5 is never closed", 1, 5, 6, "close it with ')'", "syntax")),
+        # At the end of the program too, when the program goes on past the bracket's line.
+        ("x = COUNT(\n  LOC(IMAGE, 'a')\n", Seen("'(' at 1:10 is never closed", 1, 10, 11, "close it with ')'",
+                                                "syntax")),
+        # A ']' closes the '[' (not the '(' opened after it), so the '(' is the one never closed.
+        ("x = [1, (2\n]\n", Seen("'(' at 1:9 is never closed", 1, 9, 10, "close it with ')'", "syntax")),
+    ],
+)
+def test_unclosed_brackets_of_every_kind(text: str, expected: Seen) -> None:
+    assert only(text) == expected
+
+
+def test_every_bracket_left_open_on_the_line_is_reported() -> None:
+    assert [seen(d) for d in errors("x = COUNT(LOC(IMAGE, 'a'\ny = 2")] == [
+        Seen("'(' at 1:10 is never closed", 1, 10, 11, "close it with ')'", "syntax"),
+        Seen("'(' at 1:14 is never closed", 1, 14, 15, "close it with ')'", "syntax"),
+    ]
+
+
+def test_an_unclosed_bracket_does_not_hide_errors_on_its_later_lines() -> None:
+    # The '(' ends its statement with its line; line 2 is then read on its own and has an error too.
+    assert [seen(d) for d in errors("x = COUNT(\n  LOC(IMAGE, 'a') 5\ny = 2")] == [
+        Seen("'(' at 1:10 is never closed", 1, 10, 11, "close it with ')'", "syntax"),
+        Seen("unexpected number 5", 2, 19, 20, NEXT_STATEMENT, "syntax"),
+    ]
+
+
+def test_a_stray_closer_further_down_does_not_close_a_bracket_left_open() -> None:
+    # One statement a line, as VisProg writes: line 3 starts a statement, so the '(' on line 2 is
+    # never closed, whatever the extra ')' on line 5 would pair with; and lines 3-5 are checked.
+    text = (
+        "BOX0=LOC(image=LEFT,object='dog')\nANSWER0=COUNT(box=BOX0\nBOX1=LOC(image=RIGHT,object='dog')\n"
+        "ANSWER1=COUNT(box=BOX1) 2\nFINAL_ANSWER=RESULT(var=ANSWER1))\n"
+    )
+    assert [seen(d) for d in errors(text)] == [
+        Seen("'(' at 2:14 is never closed", 2, 14, 15, "close it with ')'", "syntax"),
+        Seen("unexpected number 2", 4, 25, 26, NEXT_STATEMENT, "syntax"),
+        Seen("unexpected ')'", 5, 33, 34, NEXT_STATEMENT, "syntax"),
+    ]
+
+
+def test_arguments_on_lines_of_their_own_are_not_statements() -> None:
+    # 'image=' and 'object=' start lines, but the lines before them go on (',' and '('), and the
+    # last one closes the call: one statement, whose missing comma is reported where it is.
+    assert only("x = LOC(\nimage=IMAGE,\nobject='a')\ny = 1 2") == Seen(
+        "unexpected number 2", 4, 7, 8, NEXT_STATEMENT, "syntax"
+    )
+    assert only("x = LOC(\nimage=IMAGE\nobject='a')\n") == Seen(
+        "unexpected name 'object'", 3, 1, 7, "expected '(', ')', ',' or an operator", "syntax"
+    )
+
+
+def test_an_unclosed_bracket_noticed_on_its_own_line_keeps_the_parsers_words() -> None:
+    # Here the parser's place is the place: where the ')' is missing, saying so.
+    assert only("x = COUNT(box=LOC(IMAGE, 'a') 2\ny = 1") == Seen(
+        "unexpected number 2", 1, 31, 32, "expected ')', ',' or an operator", "syntax"
+    )
 
 
 # -- modules and arguments -------------------------------------------------------------------------
@@ -352,6 +485,51 @@ def test_placeholder_outside_eval() -> None:
     assert only("BOX0=LOC(image=IMAGE,object='muffin')\nANSWER0=COUNT(box={BOX0})") == Seen(
         "'{BOX0}' is only meaningful inside an EVAL string", 2, 19, 25, "write BOX0", "placeholder"
     )
+
+
+TEMPLATE = "it looks like a prompt-template placeholder, which must be filled in before the program is sent: "
+
+
+def test_a_prompt_template_placeholder_says_it_must_be_filled_in() -> None:
+    # VisProg's prompt has '{list_max}' for the caller to fill in; sent as is, it names no variable.
+    assert only("LIST0=LIST(query='members of the Beatles',max={list_max})") == Seen(
+        "'{list_max}' is only meaningful inside an EVAL string", 1, 47, 57,
+        TEMPLATE + "replace {list_max} with a value, e.g. max=5", "placeholder",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "hint"),
+    [
+        ("x = LOC(IMAGE, object={object})", 23, "replace {object} with a value, e.g. object='…'"),
+        ("x = SORT(LOC(IMAGE, 'a'), descending={desc})", 38, "replace {desc} with a value, e.g. descending=True"),
+        ("x = CROP(image={image}, box=LOC(IMAGE, 'a'))", 16, "replace {image} with a value"),
+        ("x = {n} + 1", 5, "replace {n} with a value"),
+        ("x = RESULT(var={answer})", 16, "replace {answer} with a value"),
+        ("x = EVAL(expr={expression})", 15, "replace {expression} with a value"),
+    ],
+)
+def test_template_placeholder_hints(text: str, column: int, hint: str) -> None:
+    d = only(text)
+    assert (d.message.split("'")[1], d.column, d.hint, d.code) == (
+        text[column - 1 : d.end_column - 1], column, TEMPLATE + hint, "placeholder"
+    )
+
+
+def test_a_placeholder_naming_a_known_variable_or_input_says_write_it() -> None:
+    assert only("n = COUNT(LOC(IMAGE, 'a'))\nx = {n} + 1").hint == "write n"
+    assert only("x = LOC({IMAGE}, 'a')") == Seen(
+        "'{IMAGE}' is only meaningful inside an EVAL string", 1, 9, 16, "write IMAGE", "placeholder"
+    )
+    assert only("x = LOC({PHOTO}, 'a')", inputs={"PHOTO": IMAGE}).hint == "write PHOTO"
+    # Assigned later is still the program's variable (writing it then says it is used too early).
+    assert only("x = COUNT(box={B})\nB = LOC(IMAGE, 'a')").hint == "write B"
+
+
+def test_a_placeholder_is_a_compile_error_among_the_others() -> None:
+    assert [(d.code, d.line) for d in errors("x = VQA(IMAGE, {question})\ny = FOO()")] == [
+        ("placeholder", 1), ("unknown-module", 2),
+    ]
 
 
 def test_braces_in_an_ordinary_string_are_just_text() -> None:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 import program_dsl
-from modules.catalog import VISPROG
-from program_dsl import Catalog, Const, EvalError, Plan, ProgramError, Step, compile_program, evaluate, parse_expression
+from modules.catalog import declared_catalog
+from modules.core import SIGNATURES as CORE
+from program_dsl import Const, EvalError, Plan, ProgramError, Step, compile_program, evaluate, parse_expression
 from program_dsl.evaluate import MAX_VALUE_DEPTH, MAX_VALUE_SIZE, as_number, evaluate_text
 
-CATALOG = Catalog.of(VISPROG)
+CATALOG = declared_catalog(*CORE)
 
 
 def ev(text: str, **env: Any) -> Any:

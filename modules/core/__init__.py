@@ -10,31 +10,44 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from program_dsl import EVAL, EvalError, Signature, evaluate_text
+from program_dsl import EVAL, EvalError, Signature, evaluate_text, param, signature
 
 from ..base import FunctionModule, Module, ModuleError, Pack
-from ..catalog import CORE
 from ..values import ImageValue, Obj, Objects
 
-_SIG = {s.name: s for s in CORE}
+_FUNCTIONS: list[tuple[Signature, Callable[..., Any]]] = []
 
 
+def _module(sig: Signature) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a function a module of this pack, its signature written beside it."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _FUNCTIONS.append((sig, fn))
+        return fn
+
+    return register
+
+
+@_module(signature("COUNT", "Number", param("box", "Objects", doc="the objects to count"), doc="Number of objects."))
 def count(box: Objects) -> int:
     return len(box)
 
 
+@_module(signature("EXISTS", "Bool", param("box", "Objects"), doc="Whether there is at least one object."))
 def exists(box: Objects) -> bool:
     return len(box) > 0
 
 
 def _clamp_box(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (int(round(v)) for v in box)  # noqa: RUF046 - a numpy float rounds to a float
     x1, x2 = sorted((max(0, min(w, x1)), max(0, min(w, x2))))
     y1, y2 = sorted((max(0, min(h, y1)), max(0, min(h, y2))))
     # Never an empty crop: PIL would give a 0-pixel image that no later module can use.
     return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
 
 
+@_module(signature("CROP", "Image", param("image", "Image"), param("box", "Objects"),
+                   doc="Crop the image to the union of the boxes, slightly enlarged."))
 def crop(image: ImageValue, box: Objects) -> Image.Image:
     """The union of the boxes, enlarged by a quarter of its size each way (VisProg's context margin)."""
     if len(box) == 0:
@@ -47,10 +60,17 @@ def crop(image: ImageValue, box: Objects) -> Image.Image:
     return image.image.crop(_clamp_box((x1 - mw, y1 - mh, x2 + mw, y2 + mh), image.width, image.height))
 
 
-def _directional(where: str) -> Callable[[ImageValue, Objects], Image.Image]:
-    """VisProg's spatial crops: the half of the image on one side of the best box's centre.
-    'In front of' is taken as below and 'behind'/'ahead' as above, as a camera looking down sees them."""
+# VisProg's spatial crops: the part of the image on one side of the best box's centre. 'In front of'
+# is taken as below and 'behind'/'ahead' as above, as a camera looking down sees them.
+_DIRECTIONS: dict[str, tuple[str, str]] = {  # module → (its words in the docs, the half it keeps)
+    "CROP_LEFTOF": ("left of", "left"), "CROP_RIGHTOF": ("right of", "right"),
+    "CROP_ABOVE": ("above", "above"), "CROP_BELOW": ("below", "below"),
+    "CROP_FRONTOF": ("in front of", "below"), "CROP_INFRONT": ("in front of", "below"),
+    "CROP_INFRONTOF": ("in front of", "below"), "CROP_BEHIND": ("behind", "above"), "CROP_AHEAD": ("ahead of", "above"),
+}
 
+
+def _directional(half: str) -> Callable[[ImageValue, Objects], Image.Image]:
     def fn(image: ImageValue, box: Objects) -> Image.Image:
         if len(box) == 0:
             return image.image
@@ -61,17 +81,16 @@ def _directional(where: str) -> Callable[[ImageValue, Objects], Image.Image]:
         region = {
             "left": (0, 0, cx, h), "right": (cx, 0, w, h),
             "above": (0, 0, w, cy), "below": (0, cy, w, h),
-        }[where]
+        }[half]
         return image.image.crop(_clamp_box(region, w, h))
 
     return fn
 
 
-_DIRECTION = {
-    "CROP_LEFTOF": "left", "CROP_RIGHTOF": "right", "CROP_ABOVE": "above", "CROP_BELOW": "below",
-    "CROP_FRONTOF": "below", "CROP_INFRONT": "below", "CROP_INFRONTOF": "below",
-    "CROP_BEHIND": "above", "CROP_AHEAD": "above",
-}
+for _name, (_words, _half) in _DIRECTIONS.items():
+    _module(signature(_name, "Image", param("image", "Image"), param("box", "Objects"),
+                      doc=f"Crop the part of the image {_words} the box (the whole image if there is no box)."))(
+        _directional(_half))
 
 
 def _same_image(op: str, left: Objects, right: Objects) -> None:
@@ -79,22 +98,31 @@ def _same_image(op: str, left: Objects, right: Objects) -> None:
         raise ModuleError(f"{op} needs objects found in the same image")
 
 
+@_module(signature("UNION", "Objects", param("left", "Objects"), param("right", "Objects"),
+                   doc="Objects in either set (same image), duplicates dropped."))
 def union(left: Objects, right: Objects) -> Objects:
     _same_image("UNION", left, right)
     items = list(left.items) + [o for o in right if not any(o.same(x) for x in left)]
     return left.with_items(items)
 
 
+@_module(signature("INTERSECT", "Objects", param("left", "Objects"), param("right", "Objects"),
+                   doc="Objects present in both sets."))
 def intersect(left: Objects, right: Objects) -> Objects:
     _same_image("INTERSECT", left, right)
     return left.with_items([o for o in left if any(o.same(x) for x in right)])
 
 
+@_module(signature("DIFFERENCE", "Objects", param("left", "Objects"), param("right", "Objects"),
+                   doc="Objects of the first set not in the second."))
 def difference(left: Objects, right: Objects) -> Objects:
     _same_image("DIFFERENCE", left, right)
     return left.with_items([o for o in left if not any(o.same(x) for x in right)])
 
 
+@_module(signature("SORT", "Objects", param("box", "Objects"),
+                   param("by", "Text", "x", choices=("x", "y", "area", "score"), doc="what to order by"),
+                   param("descending", "Bool", False), doc="Objects ordered by position, area or score."))
 def sort(box: Objects, by: str, descending: bool) -> Objects:
     keys: dict[str, Callable[[Obj], float]] = {
         "x": lambda o: (o.box[0] + o.box[2]) / 2,
@@ -107,6 +135,8 @@ def sort(box: Objects, by: str, descending: bool) -> Objects:
     return box.with_items(sorted(box, key=keys[by], reverse=bool(descending)))
 
 
+@_module(signature("PICK", "Objects", param("box", "Objects"), param("index", "Number", 0),
+                   doc="The object at a position of the list (negative counts from the end)."))
 def pick(box: Objects, index: int | float) -> Objects:
     if isinstance(index, float) and not index.is_integer():
         raise ModuleError(f"PICK needs a whole index, got {index}")
@@ -116,6 +146,9 @@ def pick(box: Objects, index: int | float) -> Objects:
     return box.with_items([box.items[i]])
 
 
+@_module(signature("REGION", "Objects", param("image", "Image"),
+                   param("box", "List[Number]", doc="x1, y1, x2, y2 in pixels"), param("label", "Text", "region"),
+                   doc="A region given by its box: lets a program point at a known place without a detector."))
 def region(image: ImageValue, box: list[float], label: str) -> Objects:
     if len(box) != 4:
         raise ModuleError(f"REGION's box needs 4 numbers (x1, y1, x2, y2), got {len(box)}")
@@ -127,6 +160,8 @@ def region(image: ImageValue, box: list[float], label: str) -> Objects:
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
 
+@_module(signature("TAG", "Image", param("image", "Image"), param("object", "Objects"),
+                   doc="Draw the objects' boxes and labels."))
 def tag(image: ImageValue, object: Objects) -> Image.Image:  # noqa: A002 - VisProg's argument name
     out = image.image.copy()
     draw = ImageDraw.Draw(out)
@@ -156,18 +191,9 @@ class EvalModule(Module):
         return out
 
 
-def _fn(name: str, fn: Callable[..., Any]) -> FunctionModule:
-    sig: Signature = _SIG[name]
-    return FunctionModule(sig, fn)
+SIGNATURES: tuple[Signature, ...] = tuple(sig for sig, _ in _FUNCTIONS)
 
 
 def pack() -> Pack:
-    mods: list[Module] = [
-        EvalModule(),
-        _fn("COUNT", count), _fn("EXISTS", exists), _fn("CROP", crop),
-        *(_fn(name, _directional(where)) for name, where in _DIRECTION.items()),
-        _fn("UNION", union), _fn("INTERSECT", intersect), _fn("DIFFERENCE", difference),
-        _fn("SORT", sort), _fn("PICK", pick),
-        _fn("REGION", region), _fn("TAG", tag),
-    ]
-    return Pack("core", mods, doc="Symbolic modules: counting, cropping, set operations, drawing, EVAL.")
+    return Pack("core", [EvalModule(), *(FunctionModule(sig, fn) for sig, fn in _FUNCTIONS)],
+                doc="Symbolic modules: counting, cropping, set operations, drawing, EVAL.")

@@ -1,0 +1,100 @@
+"""The error model: every refusal is ``ErrorBody`` with a status that says whose fault it is, and
+the OpenAPI document says which statuses each route can answer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modules.batching import QueueFull
+from program_dsl import ProgramError
+
+from .records import ErrorBody
+
+log = logging.getLogger("nsx.api")
+
+
+class ApiError(Exception):
+    """A request the client can fix: becomes ``{"errors": [...]}`` with this status."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"message": message, **({"hint": hint} if hint else {}), **extra}
+
+
+_WHY = {
+    401: "Missing or wrong API key.",
+    404: "No such resource (or it has expired).",
+    413: "The body, an image or its pixel count is over the server's limit.",
+    422: "The request or the program is invalid; the body says where and how to fix it.",
+    429: "The service is at capacity; retry after the Retry-After header's seconds.",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the error body."""
+    return {s: {"model": ErrorBody, "description": _WHY[s]} for s in statuses}
+
+
+def error_response(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None,
+                   rendered: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"errors": errors}
+    if rendered is not None:
+        body["rendered"] = rendered
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def pydantic_errors(errors: Any) -> list[dict[str, Any]]:
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        out.append({"message": f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}", "field": ".".join(loc)})
+    return out
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, [exc.body])
+
+
+async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFull)
+    retry = max(1, int(exc.retry_after_s + 0.999))
+    return error_response(429, [{"message": str(exc), "hint": f"retry after {retry} s"}],
+                          headers={"Retry-After": str(retry)})
+
+
+async def _program_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProgramError)
+    return error_response(422, [d.to_dict() for d in exc.diagnostics], rendered=exc.render("program"))
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, pydantic_errors(exc.errors()))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, [{"message": str(exc.detail)}], headers=getattr(exc, "headers", None))
+
+
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, [{"message": "internal error; the server log has the details"}])
+
+
+def install(app: FastAPI) -> None:
+    """Turn every exception a request can raise into the error body."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(QueueFull, _overloaded)
+    app.add_exception_handler(ProgramError, _program_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal)

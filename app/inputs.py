@@ -1,0 +1,171 @@
+"""What a client sends: the run request (JSON or multipart) and its images, read within the
+server's limits and decoded, or refused with an ApiError that says what to fix."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from modules.values import ImageValue
+
+from .errors import ApiError, pydantic_errors
+from .serialize import decode_base64_image
+from .settings import Settings
+from .store import Store
+
+_IMAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHA_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class RunOptions(BaseModel):
+    cache: bool = Field(True, description="read and write the step cache")
+    timeout_s: float | None = Field(None, gt=0, description="time limit for this run (capped by the server's)")
+
+
+class RunRequest(BaseModel):
+    program: str = Field(..., description="the program text")
+    images: dict[str, str] = Field(
+        default_factory=dict,
+        description='image variable → base64 bytes, a data: URL, or "sha256:<hex>" of an uploaded image')
+    options: RunOptions = Field(default_factory=RunOptions)
+
+
+class CheckRequest(BaseModel):
+    program: str
+    inputs: list[str] | None = Field(None,
+                                     description="image variables the program may use (default IMAGE, LEFT, RIGHT)")
+
+
+@dataclass
+class RunInputs:
+    program: str
+    images: dict[str, ImageValue]
+    options: RunOptions
+
+
+def decode_image(data: bytes, settings: Settings, what: str) -> tuple[ImageValue, str]:
+    """The image and its format, within the size and pixel limits."""
+    if len(data) > settings.max_image_bytes:
+        raise ApiError(413, f"{what} is {len(data)} bytes; the limit is {settings.max_image_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = (probe.format or "unknown").lower()
+            w, h = probe.size
+            if w * h > settings.max_image_pixels:
+                raise ApiError(413, f"{what} is {w}×{h} pixels; the limit is {settings.max_image_pixels} pixels")
+        return ImageValue.from_bytes(data), fmt
+    except ApiError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ApiError(422, f"{what} is not a readable image", hint="send PNG, JPEG, WebP, GIF or BMP bytes",
+                       detail=str(e)[:200]) from None
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    size = int(request.headers.get("content-length") or 0)
+    if size > limit:
+        raise ApiError(413, f"the body is {size} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_run(request: Request, settings: Settings, store: Store) -> RunInputs:
+    """The run a request asks for, with every image decoded; inline images are stored for reuse."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        run_req, raw = await _from_form(request, settings)
+    else:
+        run_req, raw = await _from_json(request, settings)
+    if len(raw) + len(run_req.images) > settings.max_images:
+        raise ApiError(422, f"a run takes at most {settings.max_images} images")
+    images: dict[str, ImageValue] = {}
+    for name, data in raw.items():
+        images[name], _ = decode_image(data, settings, f"image {name}")
+        await store.put("img", images[name].key, data, settings.image_ttl_s)
+    for name, ref in run_req.images.items():
+        stored = await store.get("img", ref)
+        if stored is None:
+            raise ApiError(422, f"image {name} refers to {ref}, which this server does not have",
+                           hint="upload it with POST /v1/images first, or send the bytes")
+        images[name] = ImageValue.from_bytes(stored)
+    return RunInputs(run_req.program, images, run_req.options)
+
+
+async def _from_form(request: Request, settings: Settings) -> tuple[RunRequest, dict[str, bytes]]:
+    form = await request.form(max_files=settings.max_images, max_part_size=settings.max_image_bytes)
+    program: Any = form.get("program")
+    if isinstance(program, UploadFile):
+        try:
+            program = (await program.read()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(422, "the program is not UTF-8 text") from None
+    if not isinstance(program, str):
+        raise ApiError(422, "the form needs a 'program' field", hint="curl -F program=@prog.nsx -F IMAGE=@cat.png")
+    options: Any = {}
+    refs: dict[str, str] = {}
+    raw: dict[str, bytes] = {}
+    for name, value in form.multi_items():
+        if name == "program":
+            continue
+        if name == "options":
+            try:
+                options = json.loads(str(value))
+            except ValueError:
+                raise ApiError(422, 'options must be JSON, e.g. {"cache": false}') from None
+        elif not _IMAGE_NAME.match(name):
+            raise ApiError(422, f"form field {name!r} is not an image variable name")
+        elif isinstance(value, UploadFile):
+            raw[name] = await value.read()
+        else:
+            refs[name] = _reference(name, value)
+    if not isinstance(options, dict):
+        raise ApiError(422, 'options must be a JSON object, e.g. {"cache": false}')
+    try:
+        return RunRequest(program=program, images=refs, options=RunOptions(**options)), raw
+    except ValidationError as e:
+        raise ApiError(422, "; ".join(x["message"] for x in pydantic_errors(e.errors()))) from None
+
+
+async def _from_json(request: Request, settings: Settings) -> tuple[RunRequest, dict[str, bytes]]:
+    body_limit = settings.max_program_bytes + settings.max_images * settings.max_image_bytes * 4 // 3 + 65536
+    body = await read_limited(request, body_limit)
+    try:
+        run_req = RunRequest.model_validate_json(body)
+    except ValidationError as e:
+        errors = pydantic_errors(e.errors())
+        raise ApiError(422, "; ".join(x["message"] for x in errors),
+                       hint='send JSON like {"program": "...", "images": {"IMAGE": "<base64>"}}') from None
+    refs: dict[str, str] = {}
+    raw: dict[str, bytes] = {}
+    for name, value in run_req.images.items():
+        if not _IMAGE_NAME.match(name):
+            raise ApiError(422, f"image name {name!r} is not a variable name", hint="use e.g. IMAGE, LEFT, RIGHT")
+        if value.startswith("sha256:"):
+            refs[name] = _reference(name, value)
+            continue
+        try:
+            raw[name] = decode_base64_image(value)
+        except ValueError:
+            raise ApiError(422, f"image {name} is not valid base64",
+                           hint="send base64 bytes, a data: URL or a sha256: reference") from None
+    return RunRequest(program=run_req.program, images=refs, options=run_req.options), raw
+
+
+def _reference(name: str, value: str) -> str:
+    if not _SHA_REF.match(value):
+        raise ApiError(422, f"image {name}: {value[:80]!r} is not a sha256 reference",
+                       hint="use the 'sha256' value POST /v1/images answered")
+    return value

@@ -1,0 +1,63 @@
+"""Runs: a program on images in, its record out; records and their steps by id."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from ..deps import api_key, service
+from ..errors import ApiError, responses
+from ..inputs import RunRequest, read_run
+from ..records import RunRecord, StepRecord
+from ..service import Service
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(api_key)])
+
+_RUN_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["program"], "properties": {
+        "program": {"type": "string"},
+        "options": {"type": "string", "description": 'the options as JSON, e.g. {"cache": false}'},
+    }, "additionalProperties": {"type": "string", "format": "binary",
+                                "description": "one file per image variable, e.g. IMAGE"}}},
+}}}
+# Models the routes name only in openapi_extra: added to the document's components (see main).
+EXTRA_SCHEMAS = (RunRequest,)
+
+
+@router.post("", response_model=RunRecord, responses=responses(401, 413, 422, 429), openapi_extra=_RUN_BODY)
+async def create_run(request: Request, svc: Service = Depends(service)) -> Response:
+    """Run a program on images. JSON with base64 images or ``sha256:`` references, or multipart
+    with a ``program`` field and one file per image variable. A run that fails in a step is still
+    a 200: its record says which step failed and why."""
+    t0 = time.perf_counter()
+    run = await read_run(request, svc.settings, svc.store)
+    record = await svc.runs.run(run.program, run.images, cache=run.options.cache, timeout_s=run.options.timeout_s,
+                                started=t0)
+    return Response(record.model_dump_json(), media_type="application/json")
+
+
+async def _stored(svc: Service, run_id: str) -> bytes:
+    data = await svc.store.get("run", run_id) if len(run_id) <= 64 else None
+    if data is None:
+        raise ApiError(404, f"no run {run_id}", hint="run records expire after NSX_RUN_TTL_S")
+    return data
+
+
+@router.get("/{run_id}", response_model=RunRecord, responses=responses(401, 404, 422))
+async def get_run(run_id: str, svc: Service = Depends(service)) -> Response:
+    """A run record by id: program, plan, every step, timings, module versions."""
+    return Response(await _stored(svc, run_id), media_type="application/json")
+
+
+@router.get("/{run_id}/steps/{step_id}", response_model=StepRecord, responses=responses(401, 404, 422))
+async def get_step(run_id: str, step_id: str, svc: Service = Depends(service)) -> Any:
+    """One step record of a run."""
+    for step in json.loads(await _stored(svc, run_id))["steps"]:
+        if step["id"] == step_id:
+            return step
+    raise ApiError(404, f"run {run_id} has no step {step_id}")

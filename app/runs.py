@@ -1,0 +1,112 @@
+"""The run service: a program and its images in, a ``RunRecord`` out. The API, ``nsx run`` and the
+benchmarks all run programs through here, so a run is compiled, admitted, executed, recorded and
+counted the same way wherever it comes from."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from modules.batching import QueueFull
+from modules.pool import Pool
+from modules.values import ImageValue
+from program_dsl import IMAGE, Limits, Plan, ProgramError, compile_cached
+
+from .executor import Execution, Executor, StepHook
+from .metrics import Metrics
+from .records import InputImage, RunRecord, RunWarning, Timings, linked
+from .store import Store
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    run_timeout_s: float = 300.0
+    max_concurrent_runs: int = 512
+    run_ttl_s: int | None = 30 * 24 * 3600
+
+
+class RunService:
+    def __init__(self, pool: Pool, store: Store, executor: Executor, *, limits: Limits, run_limits: RunLimits,
+                 metrics: Metrics | None = None) -> None:
+        self.pool = pool
+        self.store = store
+        self.executor = executor
+        self.limits = limits
+        self.run_limits = run_limits
+        self.metrics = metrics
+        self.active = 0
+
+    def compile(self, program: str, image_names: Iterable[str] | None, *, count: bool = True) -> Plan:
+        """The plan for ``program`` given the images sent (None: the default inputs). Raises
+        ProgramError; ``count`` says whether a rejected program counts as one (a check does not)."""
+        inputs = dict.fromkeys(image_names, IMAGE) if image_names is not None else None
+        try:
+            return compile_cached(program, self.pool.catalog, inputs, self.limits)
+        except ProgramError:
+            if count and self.metrics is not None:
+                self.metrics.program_errors.inc()
+            raise
+
+    async def run(self, program: str, images: Mapping[str, ImageValue], *, cache: bool = True,
+                  timeout_s: float | None = None, on_step: StepHook | None = None,
+                  started: float | None = None) -> RunRecord:
+        """Run ``program`` on ``images``. Raises ProgramError before anything runs, QueueFull when the
+        service is at capacity; a run that fails in a step is a record with status "failed"."""
+        t0 = started if started is not None else time.perf_counter()
+        plan = self.compile(program, images)
+        compile_ms = (time.perf_counter() - t0) * 1000
+        limit = self.run_limits.run_timeout_s
+        timeout = min(timeout_s or limit, limit)
+        self.pool.admit(plan)
+        if self.active >= self.run_limits.max_concurrent_runs:
+            raise QueueFull("nsx", 1.0)
+        self.active += 1
+        try:
+            execution = await self.executor.execute(plan, images, cache=cache, timeout_s=timeout, on_step=on_step)
+        finally:
+            self.active -= 1
+        record = self._record(plan, images, execution, compile_ms, t0)
+        await self._persist(record)
+        if self.metrics is not None:
+            self.metrics.runs.labels(execution.status).inc()
+            self.metrics.run_seconds.observe(execution.ms / 1000)
+        return record
+
+    def _record(self, plan: Plan, images: Mapping[str, ImageValue], execution: Execution, compile_ms: float,
+                t0: float) -> RunRecord:
+        warnings = [RunWarning.model_validate(w.to_dict()) for w in plan.warnings]
+        warnings += [RunWarning(message=f"image {name} is not used by the program", code="unused-image")
+                     for name in images if name not in plan.inputs]
+        for step in execution.steps:
+            if step.output is not None:
+                step.output = linked(step.output)
+        return RunRecord(
+            run_id=secrets.token_urlsafe(18),
+            status="succeeded" if execution.status == "succeeded" else "failed",
+            result=linked(execution.result_json) if execution.result_json is not None else None,
+            error=execution.error,
+            steps=execution.steps,
+            timings=Timings(compile_ms=round(compile_ms, 3), execute_ms=round(execution.ms, 3),
+                            total_ms=round((time.perf_counter() - t0) * 1000, 3)),
+            program=plan.canonical,
+            plan_fingerprint=plan.fingerprint(),
+            inputs={n: InputImage(key=im.key, width=im.width, height=im.height) for n, im in images.items()},
+            warnings=warnings,
+            modules={s.module: s.version for s in execution.steps},
+            created_at=time.time(),
+            # Known before the write, so the record is written once and says what it will be.
+            persisted=execution.persisted and self.store.available,
+        )
+
+    async def _persist(self, record: RunRecord) -> None:
+        ttl = self.run_limits.run_ttl_s
+        stored = await self.store.put("run", record.run_id, record.model_dump_json().encode(), ttl)
+        if not stored and record.persisted:
+            # The store went down between the check and the write: the copy in its fallback must not
+            # claim otherwise.
+            record.persisted = False
+            await self.store.put("run", record.run_id, record.model_dump_json().encode(), ttl)
+        if not record.persisted and self.metrics is not None:
+            self.metrics.runs_unpersisted.inc()

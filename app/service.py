@@ -1,0 +1,80 @@
+"""The service's parts wired together once: pool, store, executor, run service and metrics. The
+app's lifespan, ``nsx run`` and the packs' tools (through ``open_runner``) all start it here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from modules.base import Pack
+from modules.pool import Pool
+from program_dsl import Limits
+
+from .executor import Executor
+from .metrics import Metrics
+from .runs import RunLimits, RunService
+from .settings import Settings
+from .store import Store, open_store
+
+
+@dataclass
+class Service:
+    settings: Settings
+    pool: Pool
+    store: Store
+    runs: RunService
+    metrics: Metrics
+    loading: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready and self.loading is not None and self.loading.done()
+
+
+def make_pool(settings: Settings, packs: Sequence[Pack], metrics: Metrics) -> Pool:
+    return Pool(packs, settings.pool_config(), on_batch=metrics.observe_batch)
+
+
+@asynccontextmanager
+async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: bool = False) -> AsyncIterator[Service]:
+    """The service over ``pool`` until the block ends. Models load in the background (``/readyz``
+    tells when they are warm) unless ``wait``, which returns once every module has loaded."""
+    store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024, on_event=metrics.on_store_event)
+    executor = Executor(pool, store, step_ttl_s=settings.step_ttl_s, step_timeout_s=settings.step_timeout_s,
+                        on_cache=metrics.on_cache)
+    runs = RunService(pool, store, executor, limits=Limits(max_bytes=settings.max_program_bytes),
+                      run_limits=RunLimits(settings.run_timeout_s, settings.max_concurrent_runs, settings.run_ttl_s),
+                      metrics=metrics)
+    svc = Service(settings, pool, store, runs, metrics)
+    svc.loading = asyncio.create_task(pool.start())
+    try:
+        if wait:
+            await svc.loading
+        yield svc
+    finally:
+        if not svc.loading.done():
+            svc.loading.cancel()
+        await pool.close()
+        await store.close()
+
+
+class ModulesFailed(RuntimeError):
+    """Modules a tool needs could not load."""
+
+
+@asynccontextmanager
+async def open_runner(packs: Sequence[Pack], *, device: str = "auto", store_mb: int = 256,
+                      max_queue: int = 1 << 16) -> AsyncIterator[RunService]:
+    """A run service in this process over ``packs``, on the in-memory store, every module loaded:
+    what benchmarks and a pack's tools run programs with (``modules.commands.Runner``)."""
+    settings = Settings(redis_url=None, device=device, memory_store_mb=store_mb, max_queue=max_queue,
+                        step_timeout_s=600, run_timeout_s=24 * 3600, max_concurrent_runs=1 << 20,
+                        api_keys=None, packs=None, lazy_load=False)
+    metrics = Metrics()
+    async with running(settings, make_pool(settings, packs, metrics), metrics, wait=True) as svc:
+        failed = {q: s.error for q, s in svc.pool.states.items() if s.state == "failed"}
+        if failed:
+            raise ModulesFailed("modules failed to load: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        yield svc.runs
