@@ -33,14 +33,14 @@ def serve(port: int, batching: bool) -> None:
 
     from app.main import create_app
     from app.settings import Settings
+    from modules.base import Pack
     from modules.core import pack as core_pack
     from modules.demo import ConvProbe
-    from modules.base import Pack
     from modules.packs import load_packs
+    from modules.shapes.files import have_weights
 
     packs = [core_pack(), Pack("demo", [ConvProbe()])]
-    weights = os.path.join(ROOT, "modules", "shapes", "weights", "detector.safetensors")
-    if os.path.exists(weights):  # the trained detector when there is one; PROBE otherwise
+    if have_weights():  # the trained detector when there is one; PROBE otherwise
         packs += [p for p in load_packs(["shapes"]) if p.modules]
     app = create_app(Settings(batching=batching, max_queue=4096), packs=packs)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -57,7 +57,7 @@ def images(n: int, module: str = "PROBE") -> list[bytes]:
     coloured squares for PROBE."""
     out = []
     if module == "LOC":
-        from modules.shapes.world import render_scene
+        from modules.shapes.tools.world import render_scene
 
         for i in range(n):
             buf = io.BytesIO()

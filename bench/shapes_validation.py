@@ -1,5 +1,6 @@
 """Perception alone, for comparing shapes weights: detector precision/recall at IoU 0.5 and attribute
-accuracy on validation scenes that neither training nor ``nsx bench shapes`` draws (world seed 777).
+accuracy on validation scenes that neither training nor ``nsx bench shapes`` draws
+(``modules/shapes/tools/seeds.py``: VALIDATION_SEED).
 
     .venv/bin/python bench/shapes_validation.py [--scenes 500] [WEIGHTS_DIR ...]
 
@@ -17,11 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modules.shapes import WEIGHTS, nets  # noqa: E402
-from modules.shapes.train import evaluate, make_scenes  # noqa: E402
-from modules.shapes.world import WorldConfig  # noqa: E402
-
-VALIDATION_SEED = 777
+from modules.shapes import nets
+from modules.shapes.files import WEIGHTS, weight_files
+from modules.shapes.tools.data import make_scenes
+from modules.shapes.tools.seeds import VALIDATION_SEED
+from modules.shapes.tools.train import evaluate
+from modules.shapes.tools.world import WorldConfig
 
 
 def main() -> int:
@@ -32,13 +34,12 @@ def main() -> int:
     torch.set_num_threads(2)
     scenes = make_scenes(VALIDATION_SEED, args.scenes, WorldConfig(), workers=2, desc="validation scenes")
     for w in args.weights:
-        det = nets.load(Path(w) / "detector.safetensors")
-        att = nets.load(Path(w) / "attributes.safetensors")
-        m = evaluate(det, att, scenes)  # type: ignore[arg-type]
+        detector_file, attributes_file = weight_files(Path(w))
+        m = evaluate(nets.load_detector(detector_file), nets.load_attribute_net(attributes_file), scenes)
         d = m["detector"]
         attrs = ", ".join(f"{a} {v:.2%}" for a, v in m["attributes_on_detections"].items())
-        print(f"{w}: {m['objects']} objects in {m['scenes']} scenes; detector recall {d['recall']:.2%} ({d['fn']} missed), "
-              f"precision {d['precision']:.2%} ({d['fp']} spurious); on detections {attrs}; "
+        print(f"{w}: {m['objects']} objects in {m['scenes']} scenes; detector recall {d['recall']:.2%} "
+              f"({d['fn']} missed), precision {d['precision']:.2%} ({d['fp']} spurious); on detections {attrs}; "
               f"scenes all right {m['scenes_all_correct']:.2%}")
     return 0
 

@@ -213,3 +213,38 @@ def test_api_keys() -> None:
         assert c.get("/v1/modules", headers={"Authorization": "Bearer k2"}).status_code == 200
         assert c.get("/v1/modules", headers={"X-API-Key": "k1"}).status_code == 200
         assert c.get("/healthz").status_code == 200
+
+
+def test_cached_documents_hold_keys_and_records_add_the_links(client: TestClient) -> None:
+    import json
+
+    first = run(client, PROGRAM)
+    crop = next(s for s in first["steps"] if s["module"] == "CROP_LEFTOF")
+    assert crop["output"]["url"] == f"/v1/artifacts/{crop['output']['key']}"
+    store = client.app.state.svc.store  # type: ignore[attr-defined]
+    portal = client.portal  # type: ignore[attr-defined]
+    cached = json.loads(portal.call(store.get, "step", crop["key"]))
+    assert "url" not in cached and cached["key"] == crop["output"]["key"]  # no route in the cache
+    # A document written by an older nsx, links and all, still reads: the record's links are its own.
+    old = {**cached, "url": "/v0/old-route"}
+    assert portal.call(store.put, "step", crop["key"], json.dumps(old).encode(), None)
+    again = run(client, PROGRAM)
+    hit = next(s for s in again["steps"] if s["module"] == "CROP_LEFTOF")
+    assert hit["cache"] == "hit" and hit["output"] == crop["output"]
+
+
+def test_linked_adds_mask_and_nested_urls() -> None:
+    from app.records import linked
+
+    doc = {"type": "list", "items": [
+        {"type": "objects", "image": "k", "image_size": [4, 4], "count": 2,
+         "items": [{"box": [0, 0, 1, 1], "score": 1.0, "label": "a", "mask_key": "sha256:m"},
+                   {"box": [1, 1, 2, 2], "score": 1.0, "label": "b"}]},
+        {"type": "image", "key": "sha256:i", "width": 4, "height": 4},
+        {"type": "number", "value": 3}]}
+    out = linked(doc)
+    assert out["items"][0]["items"][0]["mask_url"] == "/v1/artifacts/sha256:m"
+    assert "mask_url" not in out["items"][0]["items"][1]
+    assert out["items"][1]["url"] == "/v1/artifacts/sha256:i"
+    assert out["items"][2] == {"type": "number", "value": 3}
+    assert "mask_url" not in doc["items"][0]["items"][0]  # the cached document is left as it was

@@ -78,13 +78,14 @@ async def test_identical_steps_in_flight_are_computed_once(setup: Any) -> None:
 
 
 async def test_independent_steps_run_concurrently(setup: Any) -> None:
-    executor, slow = setup
+    executor, _ = setup
     # Two different SLOW steps share one device worker, so they serialise there; but the symbolic
     # steps that do not depend on them must not wait behind them.
     p = plan(executor, "a = SLOW(image=IMAGE, seconds=0.3)\nn = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n")
     done_at: dict[str, float] = {}
     t0 = time.perf_counter()
-    ex = await executor.execute(p, {"IMAGE": image()}, on_step=lambda r: done_at.setdefault(r.module, time.perf_counter() - t0))
+    ex = await executor.execute(p, {"IMAGE": image()},
+                                on_step=lambda r: done_at.setdefault(r.module, time.perf_counter() - t0))
     assert ex.status == "succeeded"
     assert done_at["COUNT"] < done_at["SLOW"]
 
@@ -92,7 +93,8 @@ async def test_independent_steps_run_concurrently(setup: Any) -> None:
 async def test_step_timeout_fails_that_step_only(setup: Any) -> None:
     executor, _ = setup
     executor.step_timeout_s = 0.05
-    p = plan(executor, "a = SLOW(image=IMAGE, seconds=0.3)\nb = a + 1\nn = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n")
+    p = plan(executor, "a = SLOW(image=IMAGE, seconds=0.3)\nb = a + 1\n"
+                       "n = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n")
     ex = await executor.execute(p, {"IMAGE": image()})
     by_module = {s.module: s for s in ex.steps}
     assert by_module["SLOW"].status == "failed" and "timed out" in (by_module["SLOW"].error or "")
@@ -113,14 +115,16 @@ async def test_crashing_module_fails_its_step(setup: Any) -> None:
     ex = await executor.execute(plan(executor, "x = CRASH(image=IMAGE)\n"), {"IMAGE": image()})
     assert ex.status == "failed"
     assert ex.steps[0].error == "internal error in CRASH: RuntimeError: boom"
-    ok = await executor.execute(plan(executor, "n = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n"), {"IMAGE": image()})
+    ok = await executor.execute(plan(executor, "n = COUNT(box=REGION(image=IMAGE, box=[0, 0, 4, 4]))\n"),
+                                {"IMAGE": image()})
     assert ok.status == "succeeded"
 
 
 async def test_runtime_type_check_for_any(setup: Any) -> None:
     executor, _ = setup
     # Objects or Text: the compiler types x as Any, so the check happens when the value is known.
-    p = plan(executor, "R = REGION(image=IMAGE, box=[0, 0, 4, 4])\nx = R if COUNT(box=R) > 5 else 'none'\nn = COUNT(box=x)\n")
+    p = plan(executor, "R = REGION(image=IMAGE, box=[0, 0, 4, 4])\nx = R if COUNT(box=R) > 5 else 'none'\n"
+                       "n = COUNT(box=x)\n")
     ex = await executor.execute(p, {"IMAGE": image()})
     assert ex.steps[-1].error == "COUNT expects Objects for 'box', got Text"
 
@@ -128,6 +132,8 @@ async def test_runtime_type_check_for_any(setup: Any) -> None:
 async def test_keys_chain_and_depend_on_version(setup: Any) -> None:
     executor, slow = setup
     p = plan(executor, "a = SLOW(image=IMAGE, seconds=0)\n")
+    # The plan carries the module's own version: the compiler and the executor hash one identity.
+    assert p.steps[0].version == slow.version == "3"
     img = image()
     first = await executor.execute(p, {"IMAGE": img})
     assert first.steps[0].inputs == {"image": img.key}

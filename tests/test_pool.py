@@ -261,3 +261,12 @@ def test_a_module_that_cannot_load() -> None:
         time.sleep(0.3)
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["modules"]["t.BROKEN"] == "failed"
+
+
+def test_the_catalog_carries_each_modules_own_version() -> None:
+    probe = ConvProbe()
+    pool = Pool([core_pack(), Pack("demo", [probe])], "cpu")
+    assert "+" in probe.version  # code version + weights hash (here "untrained")
+    assert pool.catalog["PROBE"].version == pool.catalog["demo.PROBE"].version == probe.version
+    plan = compile_program("x = PROBE(image=IMAGE)", pool.catalog)
+    assert plan.steps[0].version == probe.version

@@ -86,7 +86,8 @@ def test_bash_blocks_run(server: str, index: int) -> None:
     script = blocks("bash")[index].replace("http://127.0.0.1:8000", server)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"block {index} failed:\n{script}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    assert done.returncode == 0, (f"block {index} failed:\n{script}\n--- stdout\n{done.stdout}"
+                                  f"\n--- stderr\n{done.stderr}")
     assert done.stdout.strip(), f"block {index} printed nothing"
 
 

@@ -1,5 +1,5 @@
 """The shapes benchmark: scoring and diagnosis on hand-made detections, and the whole run, through the
-real executor, on a tiny configuration when trained weights are there."""
+service's own runner, on a tiny configuration when trained weights are there."""
 
 from __future__ import annotations
 
@@ -9,23 +9,16 @@ from typing import Any
 
 import pytest
 
-from modules.shapes import ATTRIBUTES_FILE, DETECTOR_FILE, WEIGHTS
-from app.bench_shapes import (
-    BENCH_SEED_OFFSET,
-    CAUSES,
-    Detected,
-    SceneScore,
-    SceneSource,
-    check_held_out,
-    confusions,
-    diagnose,
-    main,
-    match,
-)
-from modules.shapes.questions import FAMILIES, Question
-from modules.shapes.world import ObjectSpec, WorldConfig, compose
+from modules.shapes.files import REPORT_FILE, WEIGHTS, have_weights
+from modules.shapes.tools.bench import SceneSource, check_held_out
+from modules.shapes.tools.bench_report import SceneScore, confusions
+from modules.shapes.tools.cli import main
+from modules.shapes.tools.diagnosis import CAUSES, Detected, detections, diagnose, match
+from modules.shapes.tools.questions import FAMILIES, Question
+from modules.shapes.tools.seeds import BENCH_SEED_OFFSET
+from modules.shapes.tools.world import ObjectSpec, WorldConfig, compose
 
-HAVE_WEIGHTS = (WEIGHTS / DETECTOR_FILE).is_file() and (WEIGHTS / ATTRIBUTES_FILE).is_file()
+HAVE_WEIGHTS = have_weights()
 
 # The star and the triangle are 10 px apart on x: a box shifted by more than that, yet still matched at
 # IoU 0.5, flips 'right of'.
@@ -61,6 +54,20 @@ def test_match_at_iou_half(truth: dict[str, Any]) -> None:
     dets.append(Detected((0, 0, 5, 5), 0.4, dets[1].values))
     m = match(dets, truth)
     assert m.missed == [0] and sorted(m.spurious) == [0, 4]
+
+
+def test_detections_are_read_from_the_record_json() -> None:
+    """The bench reads LOC's answer as a run record gives it: boxes, scores and, per attribute, the
+    most likely value of its distribution ('matched' and other keys are not attributes)."""
+    result = {"type": "objects", "count": 1, "items": [{
+        "box": [1.5, 2, 11, 12.25], "score": 0.97, "label": "small red solid circle", "mask_key": "sha256:m",
+        "attributes": {"shape": {"circle": 0.8, "star": 0.2}, "color": {"red": 0.6, "purple": 0.4},
+                       "size": {"small": 0.9, "large": 0.1}, "material": {"solid": 0.7, "striped": 0.3},
+                       "matched": [{"word": "red", "attribute": "color", "value": "red"}]}}]}
+    [d] = detections(result)
+    assert d.box == (1.5, 2.0, 11.0, 12.25) and d.score == 0.97
+    assert d.values == {"shape": "circle", "color": "red", "size": "small", "material": "solid"}
+    assert detections({"type": "objects", "count": 0, "items": []}) == [] and detections(None) == []
 
 
 def test_diagnosis_finds_the_stage_that_failed(truth: dict[str, Any]) -> None:
@@ -100,7 +107,7 @@ def test_confusions_name_the_misreadings() -> None:
 
 
 def test_held_out_scenes_are_not_training_scenes(tmp_path: Path) -> None:
-    (tmp_path / "report.json").write_text(json.dumps({"seed": BENCH_SEED_OFFSET, "scene_counts": {"heldout_seed": 9}}))
+    (tmp_path / REPORT_FILE).write_text(json.dumps({"seed": BENCH_SEED_OFFSET, "scene_counts": {"heldout_seed": 9}}))
     with pytest.raises(ValueError, match="trained or scored on"):
         check_held_out(BENCH_SEED_OFFSET, tmp_path)
     check_held_out(BENCH_SEED_OFFSET + 1, tmp_path)
@@ -112,8 +119,10 @@ def test_held_out_scenes_are_not_training_scenes(tmp_path: Path) -> None:
 def test_bench_with_oracle_perception_answers_everything(capsys: pytest.CaptureFixture[str]) -> None:
     """No weights needed: LOC reads ground truth, so the real compiler, executor, cache and symbolic
     modules must reproduce every generated answer, on the held-out set and on a harder one."""
+    from app.service import open_runner
+
     rc = main(["bench", "shapes", "--oracle", "--questions", "80", "--hard-questions", "24", "--conditions",
-               "crowded", "--seed", "1", "--device", "cpu", "--json", "-q"])
+               "crowded", "--seed", "1", "--device", "cpu", "--json", "-q"], open_runner)
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["weights"] == {"oracle": True}
@@ -127,8 +136,10 @@ def test_bench_with_oracle_perception_answers_everything(capsys: pytest.CaptureF
 
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"no trained weights in {WEIGHTS} (run `nsx shapes train`)")
 def test_bench_end_to_end_on_a_tiny_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.service import open_runner
+
     rc = main(["bench", "shapes", "--questions", "24", "--hard-questions", "8", "--conditions", "128px",
-               "--per-scene", "4", "--seed", "3", "--device", "cpu", "--json", "-q"])
+               "--per-scene", "4", "--seed", "3", "--device", "cpu", "--json", "-q"], open_runner)
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["overall"]["questions"] == 24

@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 
 from modules.packs import build_catalog, load_packs
-from modules.shapes.clevr import (
+from modules.shapes.tools.clevr import (
     ClevrError,
     convert_program,
     import_questions,
-    main,
     map_answer,
     map_value,
     scene_to_truth,
 )
-from modules.shapes.questions import reference_answer
+from modules.shapes.tools.cli import main
+from modules.shapes.tools.reference import reference_answer
 from program_dsl import IMAGE, compile_program
 
 DATA = Path(__file__).parent / "data" / "clevr"
@@ -48,7 +48,7 @@ def test_fixture_converts_type_checks_and_keeps_meaning(style: str, truth: dict[
 
 
 def test_the_fixture_covers_every_kind_of_clevr_function() -> None:
-    from modules.shapes.clevr import SUPPORTED
+    from modules.shapes.tools.clevr import SUPPORTED
 
     used = {node["function"].split("[")[0] for q in load("questions.json")["questions"] for node in q["program"]}
     # Left out: siblings of functions the fixture has, converted by the same rule (equal_material, same_color …).
@@ -61,7 +61,7 @@ def test_words_are_mapped_explicitly(truth: dict[str, Any]) -> None:
     assert map_value("size", "big") == "large" and map_value("color", "orange") is None
     assert [map_answer(a) for a in ("cube", "metal", "yes", "3", "gray")] == ["square", "striped", "yes", "3", "gray"]
     program = convert_program(load("questions.json")["questions"][0]["program"])
-    from modules.shapes.questions import render
+    from modules.shapes.tools.programs import render
 
     # One phrase for CLEVR's chain of four filters, in this world's words.
     assert "'large red striped circle'" in render(program)
@@ -87,7 +87,7 @@ def test_errors_name_the_question_and_the_node() -> None:
 def test_bracketed_function_names_and_bad_documents() -> None:
     nodes = [{"function": "scene", "inputs": []}, {"function": "filter_shape[cylinder]", "inputs": [0]},
              {"function": "count", "inputs": [1]}]
-    from modules.shapes.questions import render
+    from modules.shapes.tools.programs import render
 
     assert "'triangle'" in render(convert_program(nodes))
     with pytest.raises(ValueError, match="'questions' list"):

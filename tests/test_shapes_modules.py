@@ -8,17 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from modules.base import ModuleError
-from modules.shapes import (
-    ATTRIBUTES_FILE, DETECTOR_FILE, WEIGHTS, Loc, filter_, pack, query, relate, same, unique, values_of,
-)
-from modules.shapes.world import ATTRIBUTES, ObjectSpec, compose
+from modules.shapes import Loc, filter_, most_likely, pack, query, relate, same, unique, values_of
+from modules.shapes.files import WEIGHTS, have_weights
+from modules.shapes.tools.world import ObjectSpec, compose
+from modules.shapes.vocab import ATTRIBUTES
 from modules.values import ImageValue, Obj, Objects
 
-HAVE_WEIGHTS = (WEIGHTS / DETECTOR_FILE).is_file() and (WEIGHTS / ATTRIBUTES_FILE).is_file()
-needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="no trained weights in modules/shapes/weights")
+HAVE_WEIGHTS = have_weights()
+needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"no trained weights in {WEIGHTS}")
 
 
 def obj(x: float, y: float, shape: str, color: str, size: str = "large", material: str = "solid") -> Obj:
@@ -96,6 +95,13 @@ def test_unique() -> None:
     assert unique(filter_(SCENE, "star")).items[0].label == "large blue solid star"
     with pytest.raises(ModuleError, match="UNIQUE needs exactly one object in 'box', got 2"):
         unique(filter_(SCENE, "blue"))
+
+
+def test_most_likely_values_in_process_and_in_json() -> None:
+    o = filter_(SCENE, "the crimson ball").items[0]  # its attributes hold 'matched' beside the four
+    assert values_of(o) == most_likely(o.attributes) == {"shape": "circle", "color": "red", "size": "large",
+                                                           "material": "solid"}
+    assert most_likely({"color": {"red": 0.25, "blue": 0.75}, "matched": [], "size": {}}) == {"color": "blue"}
 
 
 def test_pack_declares_its_signatures() -> None:
@@ -205,7 +211,8 @@ async def test_a_program_runs_through_the_executor_and_repeats_from_the_cache(tm
             "anchor = UNIQUE(FILTER(scene, 'yellow'))\n"
             "left = RELATE(scene, anchor, 'left')\n"
             "n = COUNT(SAME(UNIQUE(FILTER(scene, 'big crimson ball')), 'size', scene))\n"
-            "answer = QUERY(UNIQUE(FILTER(left, 'star')), 'color') + ' ' + ('two' if COUNT(left) == 2 and n == 2 else 'no')\n"
+            "answer = QUERY(UNIQUE(FILTER(left, 'star')), 'color') + ' '"
+            " + ('two' if COUNT(left) == 2 and n == 2 else 'no')\n"
         )
         plan = compile_program(program, pool.catalog, {"IMAGE": IMAGE})
         buf = io.BytesIO()
@@ -217,7 +224,8 @@ async def test_a_program_runs_through_the_executor_and_repeats_from_the_cache(tm
         assert first.result == "green two"
         loc_step = next(s for s in first.steps if s.module == "LOC")
         items = loc_step.output["items"]
-        assert len(items) == 6 and all("mask_url" in i and "color" in i["attributes"] for i in items)
+        # The executor's own output names masks by key; records add URLs (test_shapes_service sees them).
+        assert len(items) == 6 and all("mask_key" in i and "color" in i["attributes"] for i in items)
         doc, _ = encode(first.result)
         assert doc == {"type": "text", "value": "green two"}
         again = await executor.execute(plan, {"IMAGE": image})

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from modules.shapes.world import ObjectSpec, compose
+from modules.shapes.tools.world import ObjectSpec, compose
 from tests.apputil import b64
 from tests.test_shapes_modules import needs_weights
 
@@ -52,6 +52,7 @@ def test_shapes_program_over_http(store: str, request: pytest.FixtureRequest) ->
             assert len(item["box"]) == 4 and item["score"] > 0.5
             assert max(item["attributes"]["color"], key=item["attributes"]["color"].get) == "red"
             assert set(item["attributes"]) >= {"shape", "color", "size", "material"}
+            assert item["mask_url"].endswith(item["mask_key"])  # records link what the cache names by key
         again = client.post("/v1/runs", json=body).json()
         assert again["result"] == first["result"]
         assert {s["cache"] for s in again["steps"]} == {"hit"}

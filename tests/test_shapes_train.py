@@ -10,17 +10,11 @@ import pytest
 import torch
 
 from modules.shapes import ATTRIBUTES_FILE, DETECTOR_FILE, WEIGHTS, Loc, nets
-from modules.shapes.train import (
-    HELDOUT_SEED_OFFSET,
-    TrainConfig,
-    draw_batches,
-    evaluate,
-    hard_scene,
-    make_scenes,
-    train,
-    use_bf16,
-)
-from modules.shapes.world import ObjectSpec, WorldConfig, compose
+from modules.shapes.files import REPORT_FILE
+from modules.shapes.tools.data import draw_batches, hard_scene, make_scenes
+from modules.shapes.tools.seeds import HELDOUT_SEED_OFFSET, heldout_seed
+from modules.shapes.tools.train import TrainConfig, evaluate, train, use_bf16
+from modules.shapes.tools.world import ObjectSpec, WorldConfig, compose
 from modules.values import ImageValue
 
 
@@ -33,11 +27,12 @@ def test_tiny_training_lowers_the_loss_and_writes_weights_and_report(tmp_path: P
         assert log["steps"] == 16 and not log["time_bound"]
         assert log["last_loss"] < log["first_loss"], log
     assert {p.name for p in tmp_path.iterdir()} == {"detector.safetensors", "attributes.safetensors", "report.json"}
-    saved = json.loads((tmp_path / "report.json").read_text())
+    saved = json.loads((tmp_path / REPORT_FILE).read_text())
     assert saved["seed"] == 0 and saved["scene_counts"]["train"] == 16
+    assert saved["scene_counts"]["heldout_seed"] == heldout_seed(0) == HELDOUT_SEED_OFFSET
     assert set(saved["heldout"]["detector"]) >= {"precision", "recall"}
     # The files alone rebuild the networks, and the pack runs on them.
-    assert isinstance(nets.load(tmp_path / "detector.safetensors"), nets.Detector)
+    assert isinstance(nets.load(tmp_path / DETECTOR_FILE), nets.Detector)
     loc = Loc(tmp_path)
     loc.load("cpu")
     image = compose([ObjectSpec("circle", "red", "large", "solid", 80, 80)]).pil()
@@ -55,7 +50,8 @@ def test_same_seed_same_first_steps(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (WEIGHTS / DETECTOR_FILE).is_file(), reason="no trained weights")
 def test_committed_weights_reach_the_committed_report() -> None:
-    report = json.loads((WEIGHTS / "report.json").read_text())
+    report = json.loads((WEIGHTS / REPORT_FILE).read_text())
+    assert report["scene_counts"]["heldout_seed"] == heldout_seed(report["seed"])
     loc = Loc()
     loc.load("cpu")
     assert (WEIGHTS / DETECTOR_FILE).stat().st_size + (WEIGHTS / ATTRIBUTES_FILE).stat().st_size <= 20 * 2**20

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.shapes.cli import main as shapes_main
-from modules.shapes.world import ATTRIBUTES, ObjectSpec, WorldConfig, compose, relationships, render_scene
+from modules.shapes.tools.cli import main as shapes_main
+from modules.shapes.tools.world import PALETTE, ObjectSpec, WorldConfig, compose, relationships, render_scene
+from modules.shapes.vocab import ATTRIBUTES, COLORS
 
 
 def test_same_seed_same_scene() -> None:
@@ -70,6 +71,11 @@ def test_config_scales_and_bounds_objects() -> None:
         assert 2 <= len(s.truth["objects"]) <= 4
 
 
+def test_every_colour_word_has_its_colour() -> None:
+    # The world draws colours in the vocabulary's order: scenes stay what they were only while it holds.
+    assert tuple(PALETTE) == COLORS == ATTRIBUTES["color"]
+
+
 def test_compose_draws_the_objects_asked_for() -> None:
     specs = [ObjectSpec("circle", "red", "large", "solid", 60, 60),
              ObjectSpec("star", "cyan", "small", "striped", 190, 180)]
@@ -105,7 +111,8 @@ def _small_on_large(truth: dict) -> int:
     for o in objs:
         if o["size"] != "small":
             continue
-        if any(h["size"] == "large" and np.hypot(o["position"][0] - h["position"][0], o["position"][1] - h["position"][1]) < h["radius"]
+        if any(h["size"] == "large"
+               and np.hypot(o["position"][0] - h["position"][0], o["position"][1] - h["position"][1]) < h["radius"]
                for h in objs):
             hits += 1
     return hits

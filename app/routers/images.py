@@ -48,9 +48,10 @@ async def upload_image(request: Request, svc: Service = Depends(service)) -> Upl
     return UploadedImage(sha256=image.key, width=image.width, height=image.height, format=fmt)
 
 
-_ARTIFACT_CONTENT: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                                       "application/json": {"schema": {"type": "object"}}},
-                           "description": "An image or mask as PNG, or a step's output as JSON."}}
+_ARTIFACT_CONTENT: dict[int | str, dict[str, Any]] = {200: {
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}}},
+    "description": "An image or mask as PNG, or a step's output as JSON."}}
 
 
 @router.get(ARTIFACT_PATH, response_class=Response, responses={**_ARTIFACT_CONTENT, **responses(401, 404, 422)})

@@ -22,14 +22,20 @@ A CLEVR question then reads, for example:
 
 Every object's ``attributes`` are ``{attribute: {value: probability}}``, plus ``matched``: the words
 of the step's phrase and the concept each was taken to mean, with its similarity.
+
+What the service loads is this file, the networks (``nets``), the words → concepts layer
+(``concepts``), the vocabulary (``vocab``) and the weights (``files``). The pack's tooling (world
+generator, training, questions, CLEVR import, benchmark, CLI commands) is in ``tools``, which
+nothing here imports.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -39,13 +45,18 @@ from program_dsl import Signature, param, signature
 from ..base import FunctionModule, Module, ModuleError, Pack
 from ..values import ImageValue, Obj, Objects
 from . import concepts as concepts_mod
-from .world import ATTRIBUTES, RELATIONS
+from .files import ATTRIBUTES_FILE, DETECTOR_FILE, WEIGHTS, weight_files
+from .vocab import ATTRIBUTE_NAMES, ATTRIBUTES, RELATIONS, label
+
+if TYPE_CHECKING:
+    from .nets import AttributeNet, Detector
+
+__all__ = [
+    "ATTRIBUTES", "ATTRIBUTES_FILE", "ATTRIBUTE_NAMES", "DETECTOR_FILE", "LOC_SIG", "RELATIONS", "WEIGHTS", "Loc",
+    "filter_", "most_likely", "pack", "query", "relate", "same", "select", "unique", "values_of",
+]
 
 CODE_VERSION = "1"
-WEIGHTS = Path(__file__).resolve().parent / "weights"
-DETECTOR_FILE = "detector.safetensors"
-ATTRIBUTES_FILE = "attributes.safetensors"
-ATTRIBUTE_NAMES = tuple(ATTRIBUTES)
 SYMBOLIC_VERSION = f"{CODE_VERSION}-{concepts_mod.VERSION}"
 
 _OBJECT_DOC = "what to find: a phrase of attribute words ('large red circle', 'ball') or 'object' for all"
@@ -71,27 +82,31 @@ SAME_SIG = signature(
     param("scene", "Objects", doc="the objects to choose from, e.g. LOC(IMAGE, 'object')"),
     doc="The scene's other objects with the same value of the attribute.", pack="shapes")
 UNIQUE_SIG = signature(
-    "UNIQUE", "Objects", param("box", "Objects"), doc="The one object in the set; an error unless there is exactly one.",
-    pack="shapes")
+    "UNIQUE", "Objects", param("box", "Objects"),
+    doc="The one object in the set; an error unless there is exactly one.", pack="shapes")
 
 
 def _sig(sig: Signature, version: str) -> Signature:
-    from dataclasses import replace
-
     return replace(sig, version=version)
 
 
 # ----------------------------------------------------------------------------- attribute helpers
 
 
-def values_of(o: Obj) -> dict[str, str]:
-    """The most likely value of each attribute of an object LOC found."""
+def most_likely(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """The most likely value of each attribute in an object's ``attributes`` (``{attribute: {value:
+    probability}}``, as LOC reports them, in process or in a trace's JSON)."""
     out: dict[str, str] = {}
     for a in ATTRIBUTE_NAMES:
-        probs = o.attributes.get(a)
-        if isinstance(probs, dict) and probs:
+        probs = attributes.get(a)
+        if isinstance(probs, Mapping) and probs:
             out[a] = max(probs, key=lambda v: float(probs[v]))
     return out
+
+
+def values_of(o: Obj) -> dict[str, str]:
+    """The most likely value of each attribute of an object LOC found."""
+    return most_likely(o.attributes)
 
 
 def _value(o: Obj, attribute: str, module: str) -> str:
@@ -110,13 +125,7 @@ def _one(box: Objects, module: str, what: str = "box") -> Obj:
     return box.items[0]
 
 
-def _label(values: dict[str, str]) -> str:
-    return " ".join(values[a] for a in ("size", "color", "material", "shape") if a in values)
-
-
 def _with_matched(o: Obj, query: concepts_mod.Query) -> Obj:
-    from dataclasses import replace
-
     attrs = {k: v for k, v in o.attributes.items() if k != "matched"}
     if query.matches:
         attrs["matched"] = query.to_json()
@@ -213,14 +222,14 @@ class Loc(Module):
     def __init__(self, weights: Path = WEIGHTS, mapper: concepts_mod.Concepts | None = None) -> None:
         self.weights = weights
         self.mapper = mapper
-        self.detector: Any = None
-        self.attrnet: Any = None
+        self.detector: Detector | None = None
+        self.attrnet: AttributeNet | None = None
         self._version: str | None = None
         self.signature = LOC_SIG
 
     @property
     def files(self) -> list[Path]:
-        return [self.weights / DETECTOR_FILE, self.weights / ATTRIBUTES_FILE]
+        return list(weight_files(self.weights))
 
     @property
     def version(self) -> str:
@@ -238,13 +247,21 @@ class Loc(Module):
         missing = [str(p) for p in self.files if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"shapes weights are missing ({', '.join(missing)}); run `nsx shapes train`")
-        self.detector = nets.load(self.files[0], device)
-        self.attrnet = nets.load(self.files[1], device)
+        self.detector = nets.load_detector(self.files[0], device)
+        self.attrnet = nets.load_attribute_net(self.files[1], device)
         self.device = device
         self._version = None
 
+    def _nets(self) -> tuple[Detector, AttributeNet]:
+        if self.detector is None or self.attrnet is None:
+            self.load(self.device)
+        if self.detector is None or self.attrnet is None:  # load() sets both or raises
+            raise ModuleError("LOC's networks are not loaded")
+        return self.detector, self.attrnet
+
     def warmup(self) -> None:
-        blank = Image.new("RGB", (self.detector.cfg.input_size, self.detector.cfg.input_size), (180, 180, 180))
+        side = self._nets()[0].cfg.input_size
+        blank = Image.new("RGB", (side, side), (180, 180, 180))
         self.forward([{"image": ImageValue(blank, "sha256:warmup"), "object": "object"}])
         (self.mapper or concepts_mod.shared()).warm()
 
@@ -253,9 +270,8 @@ class Loc(Module):
 
         from . import nets
 
-        if self.detector is None:
-            self.load(self.device)
-        S = self.detector.cfg.input_size
+        detector, attrnet = self._nets()
+        S = detector.cfg.input_size
         mapper = self.mapper or concepts_mod.shared()
         out: list[Any] = [None] * len(batch)
         todo: list[tuple[int, ImageValue, concepts_mod.Query]] = []
@@ -279,7 +295,7 @@ class Loc(Module):
                 im = im.resize((S, S), Image.Resampling.BILINEAR)
             arrays.append(np.asarray(im))
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255).to(self.device)
-        preds = nets.predict(self.detector, self.attrnet, x)
+        preds = nets.predict(detector, attrnet, x)
         for (i, image, q), objs in zip(todo, preds):
             W, H = image.width, image.height
             sx, sy = W / S, H / S
@@ -287,10 +303,12 @@ class Loc(Module):
             for p in objs:
                 mask = p.mask.cpu().numpy()
                 if (W, H) != (S, S):
-                    mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.Resampling.NEAREST)) > 127
+                    scaled = Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.Resampling.NEAREST)
+                    mask = np.asarray(scaled) > 127
                 x1, y1, x2, y2 = p.box
                 attrs: dict[str, Any] = {a: {v: round(pr, 4) for v, pr in p.probs[a].items()} for a in ATTRIBUTE_NAMES}
-                items.append(Obj((x1 * sx, y1 * sy, x2 * sx, y2 * sy), round(p.score, 4), _label(p.attributes), attrs, mask))
+                items.append(Obj((x1 * sx, y1 * sy, x2 * sx, y2 * sy), round(p.score, 4), label(p.attributes), attrs,
+                                 mask))
             # Left to right, then top to bottom: the order a person reads the trace in.
             items.sort(key=lambda o: (o.box[0] + o.box[2], o.box[1] + o.box[3]))
             found = Objects(tuple(items), image.key, (W, H))

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..base import ModuleError
-from .world import ATTRIBUTES
+from .vocab import ATTRIBUTES
 
 # Concept → anchor words (the first is the concept's own name).
 ANCHORS: dict[tuple[str, str], tuple[str, ...]] = {

@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .world import ATTRIBUTES
+from .vocab import ATTRIBUTES
 
 # ----------------------------------------------------------------------------- building blocks
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class Block(nn.Module):
@@ -101,9 +102,11 @@ class Detector(nn.Module):
         self.out = nn.Conv2d(cfg.head if cfg.stride == 4 else fine_width, 5, 1)
         self.fine = nn.Conv2d(fine_width, 3, 1)
         # CenterNet's prior: the heatmap starts near 0.1% everywhere, so early focal loss is sane.
-        nn.init.constant_(self.out.bias, 0.0)
+        bias = self.out.bias
+        assert bias is not None  # made with one
+        nn.init.constant_(bias, 0.0)
         with torch.no_grad():
-            self.out.bias[HEAT] = -4.6
+            bias[HEAT] = -4.6
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x``: B×3×S×S in [0, 1] → raw outputs B×5×(S/stride)×(S/stride) (centres, boxes) and B×3×(S/2)×(S/2)
@@ -235,7 +238,8 @@ def decode(outputs: tuple[Tensor, Tensor], cfg: DetectorConfig, mask_stride: int
         regions = torch.zeros((K, S, S), dtype=torch.bool)
         for k in range(K):
             x1, y1, x2, y2 = (float(v) for v in boxes[k])
-            regions[k, max(0, int(y1) - 2):min(S, math.ceil(y2) + 2), max(0, int(x1) - 2):min(S, math.ceil(x2) + 2)] = True
+            rows = slice(max(0, int(y1) - 2), min(S, math.ceil(y2) + 2))
+            regions[k, rows, max(0, int(x1) - 2):min(S, math.ceil(x2) + 2)] = True
         tx = pix[None, :] + vec_full[b, 0] * VEC_UNIT
         ty = pix[:, None] + vec_full[b, 1] * VEC_UNIT
         d2 = (tx[None] - cx[:, None, None]) ** 2 + (ty[None] - cy[:, None, None]) ** 2  # K×S×S
@@ -303,7 +307,7 @@ def crop_grids(boxes: Tensor, size: int, crop: int, margin: float) -> Tensor:
     t = (torch.arange(crop, dtype=boxes.dtype, device=boxes.device) + 0.5) / crop * 2 - 1  # -1..1 across the crop
     gx = (cx[:, None] + t[None, :] * half[:, None]) / size * 2 - 1
     gy = (cy[:, None] + t[None, :] * half[:, None]) / size * 2 - 1
-    return torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    return torch.stack([gx[:, None, :].expand(-1, crop, -1), gy[:, :, None].expand(-1, -1, crop)], dim=-1)
 
 
 def sample_crops(images: Tensor, soft_masks: Tensor, owners: Tensor, boxes: Tensor, cfg: AttributeConfig) -> Tensor:
@@ -326,7 +330,8 @@ def sample_crops(images: Tensor, soft_masks: Tensor, owners: Tensor, boxes: Tens
     slot = torch.tensor(slots, device=owners.device)
     tall = images.new_full((B, rows, c, c, 2), -2.0)  # off-image: padding rows sample zeros
     tall[owners, slot] = grids
-    rgb = F.grid_sample(images, tall.view(B, rows * c, c, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    rgb = F.grid_sample(images, tall.view(B, rows * c, c, 2), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
     rgb = rgb.view(B, 3, rows, c, c).permute(0, 2, 1, 3, 4)[owners, slot]
     mask = F.grid_sample(soft_masks[:, None], grids, mode="bilinear", padding_mode="zeros", align_corners=False)
     return torch.cat([rgb, mask], 1)
@@ -390,8 +395,11 @@ def save(model: nn.Module, cfg: Any, path: Path, extra: dict[str, str] | None = 
     save_file(tensors, str(path), metadata=meta)
 
 
-def _config(cls: type, raw: dict[str, Any]) -> Any:
-    known = {f: raw[f] for f in cls.__dataclass_fields__ if f in raw}
+_Config = TypeVar("_Config", DetectorConfig, AttributeConfig)
+
+
+def _config(cls: type[_Config], raw: dict[str, Any]) -> _Config:
+    known = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
     for k, v in known.items():
         if isinstance(v, list) and k != "attributes":
             known[k] = tuple(v)
@@ -414,3 +422,19 @@ def load(path: Path, device: str = "cpu") -> Detector | AttributeNet:
         raise ValueError(f"{path} holds no shapes network (kind {meta.get('kind')!r})")
     model.load_state_dict(load_file(str(path), device="cpu"))
     return model.to(device).eval()
+
+
+def load_detector(path: Path, device: str = "cpu") -> Detector:
+    """:func:`load` for a file that must hold the detector."""
+    model = load(path, device)
+    if not isinstance(model, Detector):
+        raise ValueError(f"{path} holds the attribute classifier, not the detector")
+    return model
+
+
+def load_attribute_net(path: Path, device: str = "cpu") -> AttributeNet:
+    """:func:`load` for a file that must hold the attribute classifier."""
+    model = load(path, device)
+    if not isinstance(model, AttributeNet):
+        raise ValueError(f"{path} holds the detector, not the attribute classifier")
+    return model

@@ -51,8 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .questions import STYLES, Answer, Call, normalize_answer, parse_phrase, phrase, render, scene_call
-from .world import ATTRIBUTES
+from program_dsl import IMAGE, Catalog, ProgramError, compile_program
+
+from ..vocab import ATTRIBUTES
+from .programs import Answer, Call, normalize_answer, phrase, render, scene_call
+from .reference import Unanswerable, default_catalog, parse_phrase, reference_answer
 
 VALUE_MAP: dict[str, dict[str, str]] = {
     "shape": {"sphere": "circle", "cube": "square", "cylinder": "triangle"},
@@ -145,7 +148,7 @@ def _node_parts(node: Any) -> tuple[str, list[Any], list[Any]]:
 
 
 def convert_program(nodes: Sequence[Any], index: int | str = 0, image: str | None = None) -> Answer:
-    """CLEVR's node list → the answer tree (see :func:`questions.render`); raises ClevrError."""
+    """CLEVR's node list → the answer tree (see :func:`programs.render`); raises ClevrError."""
     if not isinstance(nodes, Sequence) or isinstance(nodes, (str, bytes)) or not nodes:
         raise ClevrError(index, "has no program (CLEVR's test split ships none)", image=image)
     built: list[tuple[Any, str]] = []  # per node: its Call (or Answer for a yes/no), its kind
@@ -226,19 +229,15 @@ def _questions(doc: Any) -> list[Any]:
     qs = doc.get("questions") if isinstance(doc, Mapping) else doc
     if not isinstance(qs, list):
         # A ValueError, not a TypeError: the file's content is wrong, not the caller's argument.
-        raise ValueError("a CLEVR questions file is an object with a 'questions' list")  # noqa: TRY004
+        raise ValueError("a CLEVR questions file is an object with a 'questions' list")
     return qs
 
 
-def import_questions(doc: Any, style: str = "nested", catalog: Any = None,
+def import_questions(doc: Any, style: str = "nested", catalog: Catalog | None = None,
                      limit: int | None = None) -> tuple[list[Imported], list[ClevrError]]:
     """Convert every question of a CLEVR questions document; those that cannot be are returned as
     errors beside the others. Each program is type-checked against the catalog (core + shapes by
     default), so a program that is returned compiles."""
-    from program_dsl import IMAGE, ProgramError, compile_program
-
-    from .questions import default_catalog
-
     catalog = catalog or default_catalog()
     done: list[Imported] = []
     errors: list[ClevrError] = []
@@ -267,7 +266,7 @@ def import_questions(doc: Any, style: str = "nested", catalog: Any = None,
 
 def scene_to_truth(scene: Mapping[str, Any]) -> dict[str, Any]:
     """A CLEVR scene annotation (from ``CLEVR_*_scenes.json``) in this world's ground-truth form, so
-    :func:`questions.reference_answer` can answer imported programs on it: words mapped as above,
+    :func:`reference.reference_answer` can answer imported programs on it: words mapped as above,
     centres from ``pixel_coords``, and CLEVR's own relationships with front/behind renamed."""
     objects = []
     for i, o in enumerate(scene["objects"]):
@@ -291,8 +290,6 @@ def scene_to_truth(scene: Mapping[str, Any]) -> dict[str, Any]:
 def _check_against_scenes(done: Sequence[Imported], path: Path) -> dict[int, str]:
     """Each converted program's answer over CLEVR's scene annotations (by the symbolic reference), keyed
     by ``id(item)``: where it is CLEVR's answer, the conversion kept the question's meaning."""
-    from .questions import ReferenceError, reference_answer
-
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         scenes = doc["scenes"] if isinstance(doc, Mapping) else doc
@@ -307,7 +304,7 @@ def _check_against_scenes(done: Sequence[Imported], path: Path) -> dict[int, str
             continue
         try:
             out[id(item)] = reference_answer(item.program, truth, relations="truth")
-        except ReferenceError as e:
+        except Unanswerable as e:
             out[id(item)] = f"<no answer: {e}>"
     return out
 
@@ -321,6 +318,7 @@ def _header(item: Imported) -> str:
 
 
 def cmd_import_clevr(args: argparse.Namespace) -> int:
+    """``nsx import-clevr FILE [--out DIR] [--style S] [--limit N] [--scenes FILE]``."""
     path = Path(args.file)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -347,13 +345,13 @@ def cmd_import_clevr(args: argparse.Namespace) -> int:
                 entry["reference_answer"] = checks[id(item)]
             index.append(entry)
         summary = {"source": str(path), "style": args.style, "imported": len(done), "errors": [
-            {"index": e.index, "node": e.step, "function": e.function, "image": e.image, "message": str(e)}
-            for e in errors], "questions": index}
+            {"index": err.index, "node": err.step, "function": err.function, "image": err.image, "message": str(err)}
+            for err in errors], "questions": index}
         (out / "questions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     else:
         sys.stdout.write("\n".join(_header(item) + item.program for item in done))
-    for e in errors:
-        print(f"{path}: {e}", file=sys.stderr)
+    for err in errors:
+        print(f"{path}: {err}", file=sys.stderr)
     if args.scenes:
         agree = sum(1 for item in done if checks.get(id(item)) == item.answer)
         print(f"{agree} of {len(done)} converted program(s), run symbolically over {args.scenes}, "
@@ -366,38 +364,3 @@ def cmd_import_clevr(args: argparse.Namespace) -> int:
     print(f"imported {len(done)} of {total} question(s)" + (f" into {args.out}" if args.out else "")
           + (f"; {len(errors)} could not be converted" if errors else ""), file=sys.stderr)
     return 1 if errors else 0
-
-
-def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``import-clevr`` to an argparse sub-parser set (``nsx import-clevr FILE [--out DIR]``)."""
-    p = subparsers.add_parser(
-        "import-clevr", help="convert CLEVR questions (program format) into nsx programs for the shapes pack",
-        description="Convert a CLEVR questions JSON into nsx programs. CLEVR's words are mapped to the shapes "
-                    "world's: sphere→circle, cube→square, cylinder→triangle, rubber→solid, metal→striped, "
-                    "front→below, behind→above. Exits 1 if any question could not be converted.")
-    p.add_argument("file", help="CLEVR questions JSON ({'questions': [{question, program, answer, …}]})")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="write one .nsx file per question and questions.json here (default: print the programs)")
-    p.add_argument("--style", choices=STYLES, default="nested", help="program style (default nested)")
-    p.add_argument("--limit", type=int, default=None, help="convert only the first N questions")
-    p.add_argument("--scenes", default=None, metavar="FILE",
-                   help="CLEVR scenes JSON: run each converted program symbolically over its scene's annotation "
-                        "and report whether it gives CLEVR's answer")
-    p.set_defaults(fn=cmd_import_clevr)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nsx")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.fn(args))
-
-
-__all__ = [
-    "RELATION_MAP", "SUPPORTED", "VALUE_MAP", "ClevrError", "Imported", "add_parsers", "convert_program",
-    "import_questions", "main", "map_answer", "map_value", "scene_to_truth",
-]
-
-if __name__ == "__main__":
-    sys.exit(main())

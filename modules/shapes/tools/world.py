@@ -24,17 +24,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
-COLORS: dict[str, tuple[int, int, int]] = {  # CLEVR's palette
+from ..vocab import ATTRIBUTES, COLORS, MATERIALS, RELATIONS, SHAPES, SIZES
+
+__all__ = [
+    "PALETTE", "ObjectSpec", "Scene", "WorldConfig", "compose", "generate", "relationships", "render_scene",
+    "scene_rng", "write_scene",
+]
+
+# The colour each colour word is drawn in: CLEVR's palette.
+PALETTE: dict[str, tuple[int, int, int]] = {
     "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
     "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
 }
-SIZES: tuple[str, ...] = ("small", "large")
-MATERIALS: tuple[str, ...] = ("solid", "striped")
-ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "material": MATERIALS,
-}
-RELATIONS: tuple[str, ...] = ("left", "right", "above", "below")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Scene:
         return Image.fromarray(self.image, "RGB")
 
     def mask(self, index: int) -> np.ndarray:
-        return self.instances == index + 1
+        return np.asarray(self.instances == index + 1)
 
 
 @dataclass
@@ -136,10 +137,11 @@ def _rotation(shape: str, rng: np.random.Generator) -> float:
     return 0.0
 
 
-def _object_mask(shape: str, cx: float, cy: float, r: float, rot: float, side: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _object_mask(shape: str, cx: float, cy: float, r: float, rot: float, side: int
+                 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The object's full mask inside a window around it, clipped to the image."""
-    x1, y1 = max(0, int(math.floor(cx - 1.2 * r)) - 1), max(0, int(math.floor(cy - 1.2 * r)) - 1)
-    x2, y2 = min(side, int(math.ceil(cx + 1.2 * r)) + 2), min(side, int(math.ceil(cy + 1.2 * r)) + 2)
+    x1, y1 = max(0, math.floor(cx - 1.2 * r) - 1), max(0, math.floor(cy - 1.2 * r) - 1)
+    x2, y2 = min(side, math.ceil(cx + 1.2 * r) + 2), min(side, math.ceil(cy + 1.2 * r) + 2)
     img = Image.new("L", (x2 - x1, y2 - y1), 0)
     draw = ImageDraw.Draw(img)
     if shape == "circle":
@@ -190,7 +192,7 @@ def _layout(cfg: WorldConfig, rng: np.random.Generator) -> list[_Placed]:
     placed: list[_Placed] = []
     while len(placed) < n:
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        color = tuple(COLORS)[int(rng.integers(len(COLORS)))]
+        color = COLORS[int(rng.integers(len(COLORS)))]
         size = SIZES[int(rng.integers(len(SIZES)))]
         material = MATERIALS[int(rng.integers(len(MATERIALS)))]
         lo, hi = cfg.small_radius if size == "small" else cfg.large_radius
@@ -210,7 +212,7 @@ def _layout(cfg: WorldConfig, rng: np.random.Generator) -> list[_Placed]:
             rot = _rotation(shape, rng)
             full, window = _object_mask(shape, cx, cy, r, rot, side)
             cand = _Placed(shape, color, size, material, cx, cy, r, rot, float(rng.uniform(0, 180)), full, window)
-            trial = placed + [cand]
+            trial = [*placed, cand]
             if _layout_ok(trial, _visible_masks(trial, side), cfg, ss):
                 placed.append(cand)
                 ok = True
@@ -266,12 +268,12 @@ def _background(rng: np.random.Generator, side: int) -> np.ndarray:
         cells = int(rng.integers(6, 20))
         checks = ((np.floor(xx * cells) + np.floor(yy * cells)) % 2) * 2 - 1
         bg += (checks * rng.uniform(3, 8))[..., None]
-    return bg
+    return np.asarray(bg)
 
 
 def _paint(img: np.ndarray, p: _Placed, rng: np.random.Generator, min_period: float) -> None:
     x1, y1, x2, y2 = p.window
-    colour = np.array(COLORS[p.color], np.float32)
+    colour = np.array(PALETTE[p.color], np.float32)
     yy, xx = np.mgrid[y1:y2, x1:x2].astype(np.float32)
     # Soft shading from a random light direction: colours vary the way lit objects do.
     la = rng.uniform(0, 2 * math.pi)
@@ -303,10 +305,11 @@ def _finish(img: np.ndarray, cfg: WorldConfig, rng: np.random.Generator) -> np.n
     sigma = rng.uniform(*cfg.noise)
     if sigma > 0:
         img = img + rng.normal(0, sigma, img.shape).astype(np.float32)
-    out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     if rng.uniform() < cfg.jpeg_probability:
         buf = io.BytesIO()
-        Image.fromarray(out, "RGB").save(buf, format="JPEG", quality=int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
+        quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        Image.fromarray(out, "RGB").save(buf, format="JPEG", quality=quality)
         buf.seek(0)
         out = np.asarray(Image.open(buf).convert("RGB")).copy()
     return out
@@ -387,7 +390,8 @@ def compose(specs: list[ObjectSpec], seed: int = 0, cfg: WorldConfig | None = No
         r = (o.radius * ss) if o.radius is not None else (lo + hi) / 2 * side
         cx, cy = o.x * ss, o.y * ss
         full, window = _object_mask(o.shape, cx, cy, r, o.rotation, side)
-        placed.append(_Placed(o.shape, o.color, o.size, o.material, cx, cy, r, o.rotation, o.stripe_angle, full, window))
+        placed.append(_Placed(o.shape, o.color, o.size, o.material, cx, cy, r, o.rotation, o.stripe_angle, full,
+                              window))
     return _render(placed, cfg, rng, {"seed": int(seed), "index": None})
 
 
@@ -440,7 +444,8 @@ def write_scene(scene: Scene, out: Path, stem: str) -> dict[str, Any]:
     return truth
 
 
-def generate(n: int, seed: int, out: Path, cfg: WorldConfig | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def generate(n: int, seed: int, out: Path, cfg: WorldConfig | None = None, progress: bool = True
+             ) -> list[dict[str, Any]]:
     """Write ``n`` scenes and an index (``scenes.json``) listing them with the config that made them."""
     from tqdm import tqdm
 

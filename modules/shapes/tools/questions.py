@@ -2,9 +2,9 @@
 
 Answers come from the scene's ground truth alone (``truth['objects']`` and CLEVR-style
 ``truth['relationships']``), never from running a module, so they can grade the modules. The same
-programs can also be run over ground truth by :func:`reference_answer`, a small symbolic executor
-written apart from the generator (it reads the compiled program and uses object centres rather than
-``relationships``): when the two agree, the program says what the answer assumes.
+programs can also be run over ground truth by ``reference.reference_answer``, a small symbolic
+executor written apart from the generator: when the two agree, the program says what the answer
+assumes. Programs are built as trees and rendered by ``programs.render``.
 
 Families, kept in equal numbers (within one) by :func:`generate_questions`:
 
@@ -21,214 +21,27 @@ Families, kept in equal numbers (within one) by :func:`generate_questions`:
 Only well-posed questions are made: every anchor, every object a question asks about, and the
 middle object of a two-hop chain is the only one in the scene its description fits. Yes/no answers
 are balanced by drawing the wanted answer first; counts of zero are drawn less often than others.
-Answers are normalised by :func:`normalize_answer`: ``yes``/``no``, whole numbers, attribute words.
-
-Programs are written in one of two styles, both compiled by the same compiler: ``nested`` (direct
-statements, nested calls, real expressions) and ``visprog`` (one call a line, ``EVAL`` and
-``RESULT``). Phrases use the world's own concept words only ('large red striped circle'), so no
-program needs the text model to map a word.
+Answers are normalised by ``programs.normalize_answer``: ``yes``/``no``, whole numbers, attribute
+words.
 """
 
 from __future__ import annotations
 
-import itertools
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from .world import ATTRIBUTES, RELATIONS
+from ..vocab import RELATIONS, WORD_ORDER
+from .descriptions import SceneTruth, random_description, unique_description
+from .programs import IMAGE_INPUT, STYLES, Answer, Call, Desc, normalize_answer, phrase, render, scene_call
 
 FAMILIES: tuple[str, ...] = ("exist", "count", "query", "compare", "same", "relate_1", "relate_2", "and_or")
-STYLES: tuple[str, ...] = ("nested", "visprog")
-WORD_ORDER: tuple[str, ...] = ("size", "color", "material", "shape")  # 'large red striped circle'
 RELATION_TEXT: dict[str, str] = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
-
-Desc = Mapping[str, str]  # attribute → value: what a phrase asks of an object
-
-
-# ----------------------------------------------------------------------------- programs as trees
-
-
-class _Image:
-    """The program's input image (``IMAGE``)."""
-
-    def __repr__(self) -> str:
-        return "IMAGE"
-
-
-IMAGE_INPUT = _Image()
-
-
-@dataclass(frozen=True)
-class Call:
-    """A module call; ``args`` are in the module's parameter order: calls, texts or ``IMAGE_INPUT``."""
-
-    fn: str
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """How the program's answer comes from its calls: the value of ``operands[0]`` (``value``), 'yes'
-    if it is true (``yesno``), or 'yes' if ``operands[0] op operands[1]`` (``compare``)."""
-
-    kind: str
-    operands: tuple[Call, ...]
-    op: str = ""
-
-
-Arg = Call | str | _Image
-
-# Parameter names, in order, of the modules questions use (tests check them against the catalog).
-PARAMS: dict[str, tuple[str, ...]] = {
-    "LOC": ("image", "object"), "FILTER": ("box", "value"), "QUERY": ("box", "attribute"),
-    "RELATE": ("box", "anchor", "relation"), "SAME": ("box", "attribute", "scene"), "UNIQUE": ("box",),
-    "COUNT": ("box",), "EXISTS": ("box",), "UNION": ("left", "right"), "INTERSECT": ("left", "right"),
-    "DIFFERENCE": ("left", "right"),
-}
-OBJECT_FUNCTIONS = frozenset({"LOC", "FILTER", "RELATE", "SAME", "UNIQUE", "UNION", "INTERSECT", "DIFFERENCE"})
-COMPARISONS = frozenset({"==", "!=", "<", ">", "<=", ">="})
-_RESERVED = frozenset({"and", "or", "not", "xor", "if", "else", "in", "True", "False", "None",
-                       "IMAGE", "LEFT", "RIGHT"})
-
-
-def scene_call() -> Call:
-    """Every object in the image: the set most questions start from."""
-    return Call("LOC", (IMAGE_INPUT, "object"))
-
-
-def _quote(text: str) -> str:
-    if "'" in text or "\\" in text or "\n" in text:
-        raise ValueError(f"a phrase cannot hold quotes, backslashes or newlines: {text!r}")
-    return f"'{text}'"
-
-
-def render(answer: Answer, style: str = "nested") -> str:
-    """The program text for ``answer`` in one of :data:`STYLES`."""
-    if answer.kind not in ("value", "yesno", "compare"):
-        raise ValueError(f"unknown answer kind {answer.kind!r}")
-    if answer.kind == "compare" and answer.op not in COMPARISONS:
-        raise ValueError(f"unknown comparison {answer.op!r}")
-    if style == "nested":
-        return _render_nested(answer)
-    if style == "visprog":
-        return _render_visprog(answer)
-    raise ValueError(f"unknown program style {style!r}; one of {', '.join(STYLES)}")
-
-
-def _walk(node: Arg, seen: dict[Call, int]) -> None:
-    if isinstance(node, Call):
-        seen[node] = seen.get(node, 0) + 1
-        if seen[node] == 1:
-            for a in node.args:
-                _walk(a, seen)
-
-
-def _phrase_of(node: Call) -> str | None:
-    """The phrase that picks out the object of UNIQUE(FILTER(_, phrase)), for naming its variable."""
-    if node.fn == "UNIQUE" and isinstance(node.args[0], Call) and node.args[0].fn in ("FILTER", "LOC"):
-        phrase = node.args[0].args[1]
-        return phrase if isinstance(phrase, str) else None
-    return None
-
-
-_NAMED_ARGS = frozenset({"RELATE", "SAME"})
-
-
-def _render_nested(answer: Answer) -> str:
-    uses: dict[Call, int] = {}
-    for op in answer.operands:
-        _walk(op, uses)
-    names: dict[Call, str] = {}
-    taken: set[str] = set()
-    lines: list[str] = []
-
-    def name_for(node: Call) -> str:
-        if node == scene_call():
-            base = "scene"
-        else:
-            phrase = _phrase_of(node)
-            words = re.sub(r"[^a-z ]", "", phrase or "").split()
-            base = "_".join(w for w in words if w != "object") or "obj"
-        name, k = base, 2
-        while name in taken or name in _RESERVED:
-            name, k = f"{base}{k}", k + 1
-        taken.add(name)
-        return name
-
-    def expr(node: Arg) -> str:
-        if isinstance(node, _Image):
-            return "IMAGE"
-        if isinstance(node, str):
-            return _quote(node)
-        if node in names:
-            return names[node]
-        if node.fn in _NAMED_ARGS:
-            # RELATE's and SAME's later arguments are easy to swap by mistake: name them for the reader.
-            params = PARAMS[node.fn]
-            parts = [expr(node.args[0])] + [f"{p}={expr(a)}" for p, a in zip(params[1:], node.args[1:])]
-        else:
-            parts = [expr(a) for a in node.args]
-        text = f"{node.fn}({', '.join(parts)})"
-        # Shared sets and the objects a question singles out get names: the trace then reads like the question.
-        if uses.get(node, 0) > 1 or node.fn == "UNIQUE":
-            names[node] = name_for(node)
-            lines.append(f"{names[node]} = {text}")
-            return names[node]
-        return text
-
-    ops = [expr(o) for o in answer.operands]
-    if answer.kind == "value":
-        lines.append(f"answer = {ops[0]}")
-    elif answer.kind == "yesno":
-        lines.append(f"answer = 'yes' if {ops[0]} else 'no'")
-    else:
-        lines.append(f"answer = 'yes' if {ops[0]} {answer.op} {ops[1]} else 'no'")
-    return "\n".join(lines) + "\n"
-
-
-def _render_visprog(answer: Answer) -> str:
-    names: dict[Call, str] = {}
-    counters = {"BOX": 0, "ANSWER": 0}
-    lines: list[str] = []
-
-    def var(node: Arg) -> str:
-        if isinstance(node, _Image):
-            return "IMAGE"
-        if isinstance(node, str):
-            return _quote(node)
-        if node in names:
-            return names[node]
-        args = ",".join(f"{p}={var(a)}" for p, a in zip(PARAMS[node.fn], node.args))
-        prefix = "BOX" if node.fn in OBJECT_FUNCTIONS else "ANSWER"
-        name = f"{prefix}{counters[prefix]}"
-        counters[prefix] += 1
-        names[node] = name
-        lines.append(f"{name}={node.fn}({args})")
-        return name
-
-    ops = [var(o) for o in answer.operands]
-    if answer.kind == "value":
-        final = ops[0]
-    else:
-        cond = f"{{{ops[0]}}}" if answer.kind == "yesno" else f"{{{ops[0]}}} {answer.op} {{{ops[1]}}}"
-        final = f"ANSWER{counters['ANSWER']}"
-        lines.append(f"{final}=EVAL(expr=\"'yes' if {cond} else 'no'\")")
-    lines.append(f"FINAL_RESULT=RESULT(var={final})")
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- words
-
-
-def phrase(desc: Desc) -> str:
-    """The program's phrase for a description: 'large red striped circle', 'red object', 'object'."""
-    words = [desc[a] for a in WORD_ORDER if a in desc]
-    return " ".join(words + ([] if "shape" in desc else ["object"]))
 
 
 def noun_phrase(desc: Desc, plural: bool = False) -> str:
@@ -239,27 +52,6 @@ def noun_phrase(desc: Desc, plural: bool = False) -> str:
 
 def _a(text: str) -> str:
     return ("an " if text[:1] in "aeiou" else "a ") + text
-
-
-def normalize_answer(value: Any) -> str:
-    """One spelling per answer: booleans as yes/no, whole numbers without a decimal point, words in
-    lower case. ``None`` (no answer) stays distinct from every real answer."""
-    if value is None:
-        return "<none>"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return str(int(value)) if float(value).is_integer() else f"{float(value):g}"
-    text = str(value).strip().lower()
-    if text in ("true", "false"):
-        return "yes" if text == "true" else "no"
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else text
 
 
 # ----------------------------------------------------------------------------- questions
@@ -294,65 +86,6 @@ class _Draft:
     answer: Answer
     value: Any
     objects: tuple[int, ...] = ()
-
-
-class SceneTruth:
-    """A scene's ground truth, read the way CLEVR's question engine reads its scenes."""
-
-    def __init__(self, truth: Mapping[str, Any]) -> None:
-        self.objects: list[Mapping[str, Any]] = list(truth["objects"])
-        self.n = len(self.objects)
-        self.all = tuple(range(self.n))
-        self.rel: Mapping[str, list[list[int]]] = truth["relationships"]
-
-    def select(self, ids: Iterable[int], desc: Desc) -> tuple[int, ...]:
-        return tuple(i for i in ids if all(self.objects[i][a] == v for a, v in desc.items()))
-
-    def related(self, anchor: int, relation: str) -> tuple[int, ...]:
-        return tuple(sorted(self.rel[relation][anchor]))
-
-    def value(self, i: int, attribute: str) -> str:
-        return str(self.objects[i][attribute])
-
-
-def _subsets(attrs: Sequence[str]) -> list[tuple[str, ...]]:
-    return [c for k in range(len(attrs) + 1) for c in itertools.combinations(attrs, k)]
-
-
-def unique_description(truth: SceneTruth, target: int, among: Sequence[int], rng: np.random.Generator,
-                       exclude: Iterable[str] = (), allow_empty: bool = False) -> dict[str, str] | None:
-    """A description of ``target`` that fits no other object of ``among``, or None when none does
-    (two objects alike in every attribute that may be named). Shorter descriptions are likelier, as
-    people use them, but longer ones appear too so every attribute word is exercised."""
-    attrs = [a for a in WORD_ORDER if a not in set(exclude)]
-    fits = []
-    for subset in _subsets(attrs):
-        if not subset and not allow_empty:
-            continue
-        desc = {a: truth.value(target, a) for a in subset}
-        if truth.select(among, desc) == (target,):
-            fits.append(desc)
-    if not fits:
-        return None
-    shortest = min(len(d) for d in fits)
-    weights = np.array([1.0 / (1 + len(d) - shortest) ** 2 for d in fits])
-    return fits[int(rng.choice(len(fits), p=weights / weights.sum()))]
-
-
-def random_description(truth: SceneTruth, rng: np.random.Generator, among: Sequence[int] | None = None,
-                       allow_empty: bool = False) -> dict[str, str]:
-    """A description for a filter: usually some attributes of an object that is there (so sets are
-    seldom empty), sometimes values drawn at random (so some are)."""
-    among = truth.all if among is None else among
-    if allow_empty and rng.uniform() < 0.15:
-        return {}
-    k = int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15]))
-    attrs = sorted(rng.choice(len(WORD_ORDER), size=k, replace=False))
-    names = [WORD_ORDER[i] for i in attrs]
-    if among and rng.uniform() < 0.75:
-        o = int(rng.choice(among))
-        return {a: truth.value(o, a) for a in names}
-    return {a: str(ATTRIBUTES[a][int(rng.integers(len(ATTRIBUTES[a])))]) for a in names}
 
 
 def _filtered(desc: Desc, base: Call | None = None) -> Call:
@@ -511,7 +244,7 @@ def _about(t: SceneTruth, rng: np.random.Generator, family: str, candidates: tup
         call = Call("QUERY", (Call("UNIQUE", (_relate_from(box, desc),)), attribute))
         subject = f"the {noun_phrase(desc)} {where}"
         return _Draft(family, form, _query_text(attribute, subject), Answer("value", (call,)),
-                      t.value(target, attribute), objects + (target,))
+                      t.value(target, attribute), (*objects, target))
     want = _want_yes(rng)
     for _ in range(8):
         desc = random_description(t, rng, among=candidates or None, allow_empty=True)
@@ -534,7 +267,7 @@ def _about(t: SceneTruth, rng: np.random.Generator, family: str, candidates: tup
 def _relate_from(box: Call, desc: Desc) -> Call:
     """``box`` is RELATE over the whole scene; a description filters its candidates first."""
     assert box.fn == "RELATE"
-    return Call("RELATE", (_filtered(desc),) + box.args[1:])
+    return Call("RELATE", (_filtered(desc), *box.args[1:]))
 
 
 def _q_relate_1(t: SceneTruth, rng: np.random.Generator) -> _Draft | None:
@@ -649,7 +382,7 @@ def generate_questions(scenes: Iterable[tuple[int, Mapping[str, Any]]], n: int, 
         if f not in _MAKERS:
             raise ValueError(f"unknown question family {f!r}; one of {', '.join(FAMILIES)}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x51]))
-    made = {f: 0 for f in families}
+    made = dict.fromkeys(families, 0)
     out: list[Question] = []
     it: Iterator[tuple[int, Mapping[str, Any]]] = iter(scenes)
     barren = 0
@@ -687,141 +420,3 @@ def family_counts(questions: Iterable[Question]) -> dict[str, int]:
     for q in questions:
         counts[q.family] = counts.get(q.family, 0) + 1
     return counts
-
-
-# ----------------------------------------------------------------------------- reference executor
-
-
-class ReferenceError(ValueError):
-    """A program has no answer over this ground truth (e.g. UNIQUE of two objects), or uses a module
-    or a word the reference does not know."""
-
-
-_PLURALS = {v + "s": (a, v) for a, vs in ATTRIBUTES.items() for v in vs if a == "shape"}
-_VOCAB = {v: (a, v) for a, vs in ATTRIBUTES.items() for v in vs} | _PLURALS
-_NEUTRAL = frozenset({"object", "objects", "thing", "things", "the", "a", "an"})
-
-
-def parse_phrase(text: str) -> dict[str, str]:
-    """A phrase of the world's own words → what it asks for. Written apart from the concepts layer on
-    purpose: the reference must not share the modules' code. Synonyms are refused, not guessed."""
-    out: dict[str, str] = {}
-    for w in re.split(r"[^a-z]+", text.lower()):
-        if not w or w in _NEUTRAL:
-            continue
-        if w not in _VOCAB:
-            raise ReferenceError(f"the reference knows only the world's own words, not {w!r}")
-        a, v = _VOCAB[w]
-        if out.get(a, v) != v:
-            raise ReferenceError(f"phrase {text!r} names two values of {a}")
-        out[a] = v
-    return out
-
-
-# Relation → (axis, sign): 'left of the anchor' is a smaller x, 'below' a larger y (image rows grow downwards).
-_SIDE: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1)}
-
-
-def _centre(o: Mapping[str, Any]) -> tuple[float, float]:
-    if "center" in o:
-        return float(o["center"][0]), float(o["center"][1])
-    x1, y1, x2, y2 = o["box"]
-    return (x1 + x2) / 2, (y1 + y2) / 2
-
-
-@lru_cache(maxsize=1)
-def default_catalog() -> Any:
-    """The core and shapes packs' catalog (signatures only: nothing is loaded)."""
-    from ..packs import build_catalog, load_packs
-
-    return build_catalog(load_packs(["core", "shapes"]))
-
-
-def reference_answer(program: str | Any, truth: Mapping[str, Any], catalog: Any = None,
-                     relations: str = "centres") -> str:
-    """Run a compiled program (or its text) over a scene's ground truth, symbolically: LOC and FILTER
-    select by exact attributes, RELATE compares object centres (or, with ``relations='truth'``, reads
-    ``truth['relationships']``, as for CLEVR's scenes, whose relations come from 3-D positions), and
-    so on; EVAL runs in the language's own evaluator. Returns the normalised answer; raises
-    ReferenceError where the program has none."""
-    from program_dsl import IMAGE, Const, EvalError, Input, Plan, Ref, compile_program, evaluate_text
-
-    plan: Plan = program if isinstance(program, Plan) else compile_program(
-        program, catalog or default_catalog(), {"IMAGE": IMAGE})
-    if relations not in ("centres", "truth"):
-        raise ValueError(f"relations is 'centres' or 'truth', not {relations!r}")
-    objects = list(truth["objects"])
-    centres = [_centre(o) for o in objects]
-    everything = tuple(range(len(objects)))
-    values: dict[str, Any] = {}
-
-    def arg(src: Any) -> Any:
-        if isinstance(src, Const):
-            return src.value
-        if isinstance(src, Ref):
-            return values[src.step]
-        if isinstance(src, Input):
-            return IMAGE_INPUT
-        raise ReferenceError(f"unknown argument {src!r}")
-
-    def pick(ids: tuple[int, ...], text: str) -> tuple[int, ...]:
-        want = parse_phrase(text)
-        return tuple(i for i in ids if all(objects[i][a] == v for a, v in want.items()))
-
-    def one(ids: Any, module: str) -> int:
-        if not isinstance(ids, tuple) or len(ids) != 1:
-            got = len(ids) if isinstance(ids, tuple) else repr(ids)
-            raise ReferenceError(f"{module} needs exactly one object, got {got}")
-        return int(ids[0])
-
-    for step in plan.steps:
-        a = {k: arg(v) for k, v in step.args.items()}
-        m = step.module
-        if m == "LOC":
-            out: Any = pick(everything, str(a.get("object", "object")))
-        elif m == "FILTER":
-            out = pick(a["box"], a["value"])
-        elif m == "UNIQUE":
-            one(a["box"], "UNIQUE")
-            out = a["box"]
-        elif m == "QUERY":
-            out = str(objects[one(a["box"], "QUERY")][a["attribute"]])
-        elif m == "RELATE" and relations == "truth":
-            k = one(a["anchor"], "RELATE")
-            related = set(truth["relationships"][a["relation"]][k])
-            out = tuple(i for i in a["box"] if i != k and i in related)
-        elif m == "RELATE":
-            k = one(a["anchor"], "RELATE")
-            axis, sign = _SIDE[a["relation"]]
-            out = tuple(i for i in a["box"] if i != k and sign * (centres[i][axis] - centres[k][axis]) > 0)
-        elif m == "SAME":
-            k = one(a["box"], "SAME")
-            attr = a["attribute"]
-            out = tuple(i for i in a["scene"] if i != k and objects[i][attr] == objects[k][attr])
-        elif m == "COUNT":
-            out = len(a["box"])
-        elif m == "EXISTS":
-            out = len(a["box"]) > 0
-        elif m == "UNION":
-            out = tuple(sorted(set(a["left"]) | set(a["right"])))
-        elif m == "INTERSECT":
-            out = tuple(i for i in a["left"] if i in set(a["right"]))
-        elif m == "DIFFERENCE":
-            out = tuple(i for i in a["left"] if i not in set(a["right"]))
-        elif m == "EVAL":
-            env = {k: v for k, v in a.items() if k != "expr"}
-            if any(isinstance(v, tuple) for v in env.values()):
-                raise ReferenceError("the reference evaluates expressions over numbers, texts and booleans only")
-            try:
-                out = evaluate_text(a["expr"], env)
-            except EvalError as e:
-                raise ReferenceError(f"EVAL failed: {e}") from e
-        elif m == "RESULT":
-            out = a["var"]
-        else:
-            raise ReferenceError(f"the reference has no rule for {m}")
-        values[step.id] = out
-    result = arg(plan.result)
-    if isinstance(result, tuple):
-        raise ReferenceError("the program's answer is a set of objects, not a value")
-    return normalize_answer(result)
