@@ -26,6 +26,7 @@ class Module(ABC):
 
     @property
     def name(self) -> str:
+        """The name programs call it by (its pack may also be named: ``shapes.LOC``)."""
         return self.signature.name
 
     @property

@@ -15,19 +15,7 @@ from .formatter import format_expr
 from .parser import DEFAULT_LIMITS, Limits, parse, parse_expression
 from .plan import Const, Input, Plan, Ref, Source, Step, canonical_const, step_fingerprint
 from .strings import decode_string
-from .types import (
-    ANY,
-    IMAGE,
-    Catalog,
-    List,
-    Param,
-    Signature,
-    Type,
-    join_types,
-    param,
-    signature,
-    type_of,
-)
+from .types import ANY, IMAGE, Catalog, List, Param, Signature, Type, join_types, param, signature, type_of
 
 # EVAL and RESULT belong to the language itself: every catalog has them.
 EVAL = signature("EVAL", "Any", param("expr", "Text", doc="an expression; {X} stands for X's value"),

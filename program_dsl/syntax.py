@@ -9,6 +9,8 @@ from .errors import Span
 
 @dataclass(frozen=True)
 class Name:
+    """A variable, or an input image, by name."""
+
     id: str
     span: Span
 

@@ -9,23 +9,8 @@ import pytest
 
 from modules.catalog import declared_catalog
 from modules.core import SIGNATURES as CORE
-from program_dsl import (
-    ANY,
-    BOOL,
-    IMAGE,
-    NONE,
-    NUMBER,
-    OBJECTS,
-    TEXT,
-    EvalError,
-    List,
-    Type,
-    compile_program,
-    evaluate_text,
-    join_types,
-    type_label,
-    type_of,
-)
+from program_dsl import EvalError, compile_program, evaluate_text
+from program_dsl.types import ANY, BOOL, IMAGE, NONE, NUMBER, OBJECTS, TEXT, List, Type, join_types, type_label, type_of
 
 CATALOG = declared_catalog(*CORE)
 

@@ -113,6 +113,15 @@ def _phrase_of(node: Call) -> str | None:
 _NAMED_ARGS = frozenset({"RELATE", "SAME"})
 
 
+def _leaf(node: Arg, names: dict[Call, str]) -> str | None:
+    """How a renderer writes the image, a phrase, or a call it has already named; None for a new call."""
+    if isinstance(node, _Image):
+        return "IMAGE"
+    if isinstance(node, str):
+        return _quote(node)
+    return names.get(node)
+
+
 def _render_nested(answer: Answer) -> str:
     uses: dict[Call, int] = {}
     for op in answer.operands:
@@ -135,12 +144,10 @@ def _render_nested(answer: Answer) -> str:
         return name
 
     def expr(node: Arg) -> str:
-        if isinstance(node, _Image):
-            return "IMAGE"
-        if isinstance(node, str):
-            return _quote(node)
-        if node in names:
-            return names[node]
+        leaf = _leaf(node, names)
+        if leaf is not None:
+            return leaf
+        assert isinstance(node, Call)
         if node.fn in _NAMED_ARGS:
             # RELATE's and SAME's later arguments are easy to swap by mistake: name them for the reader.
             params = PARAMS[node.fn]
@@ -171,12 +178,10 @@ def _render_visprog(answer: Answer) -> str:
     lines: list[str] = []
 
     def var(node: Arg) -> str:
-        if isinstance(node, _Image):
-            return "IMAGE"
-        if isinstance(node, str):
-            return _quote(node)
-        if node in names:
-            return names[node]
+        leaf = _leaf(node, names)
+        if leaf is not None:
+            return leaf
+        assert isinstance(node, Call)
         args = ",".join(f"{p}={var(a)}" for p, a in zip(PARAMS[node.fn], node.args))
         prefix = "BOX" if node.fn in OBJECT_FUNCTIONS else "ANSWER"
         name = f"{prefix}{counters[prefix]}"
