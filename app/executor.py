@@ -65,9 +65,8 @@ def new_record(step: Step) -> StepRecord:
             args[name] = {"step": src.step}
         else:
             args[name] = {"input": src.name}
-    # Built from a compiled plan, never from a client: nothing to validate.
-    return StepRecord.model_construct(id=step.id, module=step.module, pack=step.pack, version=step.version,
-                                      vars=list(step.vars), args=args)
+    return StepRecord(id=step.id, module=step.module, pack=step.pack, version=step.version, vars=list(step.vars),
+                      args=args)
 
 
 @dataclass

@@ -35,6 +35,7 @@ class Metrics:
         self.compute = Histogram("nsx_module_compute_seconds", "Forward pass time", ["module"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.program_errors = Counter("nsx_program_errors", "Programs rejected with diagnostics", registry=r)
+        self._step_counters: dict[tuple[str, str], tuple[Counter, ...]] = {}
 
     def observe_batch(self, stats: BatchStats) -> None:
         """Average batch size is nsx_module_batched_calls_total ÷ nsx_module_batches_total."""
@@ -54,9 +55,15 @@ class Metrics:
 
     def on_cache(self, module: str, outcome: str) -> None:
         """A step's cache outcome (hit, miss, off) or "error" when it failed."""
-        if outcome == "error":
-            self.module_errors.labels(module).inc()
-            return
-        self.step_cache.labels(module, outcome).inc()
-        if outcome == "miss":
-            self.module_calls.labels(module).inc()
+        counters = self._step_counters.get((module, outcome))
+        if counters is None:
+            # Looking a labelled child up costs more than counting: once per module and outcome.
+            if outcome == "error":
+                counters = (self.module_errors.labels(module),)
+            elif outcome == "miss":
+                counters = (self.step_cache.labels(module, outcome), self.module_calls.labels(module))
+            else:
+                counters = (self.step_cache.labels(module, outcome),)
+            self._step_counters[(module, outcome)] = counters
+        for counter in counters:
+            counter.inc()

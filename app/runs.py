@@ -82,19 +82,17 @@ class RunService:
         for step in execution.steps:
             if step.output is not None:
                 step.output = linked(step.output)
-        # Every part comes from the plan and the executor, not from a client: built without re-validation.
-        return RunRecord.model_construct(
+        return RunRecord(
             run_id=secrets.token_urlsafe(18),
             status="succeeded" if execution.status == "succeeded" else "failed",
             result=linked(execution.result_json) if execution.result_json is not None else None,
             error=execution.error,
             steps=execution.steps,
-            timings=Timings.model_construct(compile_ms=round(compile_ms, 3), execute_ms=round(execution.ms, 3),
+            timings=Timings(compile_ms=round(compile_ms, 3), execute_ms=round(execution.ms, 3),
                             total_ms=round((time.perf_counter() - t0) * 1000, 3)),
             program=plan.canonical,
             plan_fingerprint=plan.fingerprint(),
-            inputs={n: InputImage.model_construct(key=im.key, width=im.width, height=im.height)
-                    for n, im in images.items()},
+            inputs={n: InputImage(key=im.key, width=im.width, height=im.height) for n, im in images.items()},
             warnings=warnings,
             modules={s.module: s.version for s in execution.steps},
             created_at=time.time(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ class Diagnostic:
         return cls(message, span.line, span.column, span.end_line, span.end_column, hint, code, severity)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field, and a run converts its plan's warnings each time.
+        return {"message": self.message, "line": self.line, "column": self.column, "end_line": self.end_line,
+                "end_column": self.end_column, "hint": self.hint, "code": self.code, "severity": self.severity}
 
     def render(self, source: str, filename: str = "<program>") -> str:
         """Compiler-style text: ``file:line:col: error: message``, the line, and a caret under the place."""
