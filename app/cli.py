@@ -18,7 +18,7 @@ from rich.table import Table
 from modules.commands import Commands, add_pack_commands
 from modules.packs import PackError, build_catalog, load_packs
 from modules.values import ImageValue
-from program_dsl import IMAGE, Catalog, ProgramError, compile_program, format_program
+from program_dsl import IMAGE, Catalog, ProgramError, compile_cached, compile_program, format_program
 
 from .records import RunRecord, StepRecord
 from .settings import Settings
@@ -147,7 +147,9 @@ async def _run(args: argparse.Namespace) -> int:
     with _pack_errors():
         pool = make_pool(settings, load_packs(settings.pack_list()), metrics)
     try:
-        plan = compile_program(text, pool.catalog, dict.fromkeys(images, IMAGE) if images else None)
+        # Compiled once, here, with the service's limits: the run below takes this plan.
+        plan = compile_cached(text, pool.catalog, dict.fromkeys(images, IMAGE) if images else None,
+                              settings.program_limits())
     except ProgramError as e:
         print(e.render(args.program), file=sys.stderr)
         return 1
@@ -164,7 +166,7 @@ async def _run(args: argparse.Namespace) -> int:
             def on_step(rec: StepRecord) -> None:
                 progress.update(task, advance=1, description=f"{rec.id} {rec.module}")
 
-            record = await svc.runs.run(text, images, cache=not args.no_cache, on_step=on_step)
+            record = await svc.runs.run(text, images, cache=not args.no_cache, on_step=on_step, plan=plan)
     if args.json:
         print(record.model_dump_json(indent=2))
     else:

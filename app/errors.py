@@ -29,6 +29,7 @@ class ApiError(Exception):
 
 
 _WHY = {
+    400: "The body could not be read: malformed multipart or JSON, or text that is not UTF-8.",
     401: "Missing or wrong API key.",
     404: "No such resource (or it has expired).",
     413: "The body, an image or its pixel count is over the server's limit.",

@@ -14,6 +14,7 @@ from modules.base import Pack
 from modules.packs import PackError, load_packs
 
 from . import errors
+from .deps import ApiKeys
 from .metrics import Metrics
 from .routers import health, images, modules, programs, runs
 from .service import make_pool, running
@@ -40,7 +41,7 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
         summary="Neuro-symbolic program executor: typed visual programs, neural modules, per-step cache, audit trail.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    app.add_middleware(ApiKeys, keys=settings.key_set())
     errors.install(app)
     for r in (health.router, programs.router, modules.router, images.router, runs.router):
         app.include_router(r)

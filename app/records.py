@@ -24,7 +24,8 @@ class StepRecord(BaseModel):
 
     id: str = Field(description="the step's id in the plan, e.g. s3")
     module: str
-    pack: str = Field(description="the pack whose module ran the step")
+    # A default, so records written before steps named their pack still read.
+    pack: str = Field("", description="the pack whose module ran the step")
     version: str = Field(description="the module's version (code and weights): part of the step's key")
     vars: list[str] = Field(description="program variables bound to this step's output")
     args: dict[str, Any] = Field(description='constants as themselves, inputs as {"step": id} or {"input": name}')

@@ -51,11 +51,12 @@ class RunService:
 
     async def run(self, program: str, images: Mapping[str, ImageValue], *, cache: bool = True,
                   timeout_s: float | None = None, on_step: StepHook | None = None,
-                  started: float | None = None) -> RunRecord:
-        """Run ``program`` on ``images``. Raises ProgramError before anything runs, QueueFull when the
-        service is at capacity; a run that fails in a step is a record with status "failed"."""
+                  started: float | None = None, plan: Plan | None = None) -> RunRecord:
+        """Run ``program`` on ``images`` (``plan``: already compiled from it by ``compile``). Raises
+        ProgramError before anything runs, QueueFull when the service is at capacity; a run that
+        fails in a step is a record with status "failed"."""
         t0 = started if started is not None else time.perf_counter()
-        plan = self.compile(program, images)
+        plan = plan if plan is not None else self.compile(program, images)
         compile_ms = (time.perf_counter() - t0) * 1000
         limit = self.run_limits.run_timeout_s
         timeout = min(timeout_s or limit, limit)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from modules.base import Pack
 from modules.pool import Pool
-from program_dsl import Limits
 
 from .executor import Executor
 from .metrics import Metrics
@@ -44,7 +43,7 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
     store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024, on_event=metrics.on_store_event)
     executor = Executor(pool, store, step_ttl_s=settings.step_ttl_s, step_timeout_s=settings.step_timeout_s,
                         on_cache=metrics.on_cache)
-    runs = RunService(pool, store, executor, limits=Limits(max_bytes=settings.max_program_bytes),
+    runs = RunService(pool, store, executor, limits=settings.program_limits(),
                       run_limits=RunLimits(settings.run_timeout_s, settings.max_concurrent_runs, settings.run_ttl_s),
                       metrics=metrics)
     svc = Service(settings, pool, store, runs, metrics)

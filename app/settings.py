@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modules.pool import PoolConfig
+from program_dsl import Limits
 
 
 class Settings(BaseSettings):
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
             if sep and name.strip() and pack.strip():
                 out[name.strip()] = pack.strip()
         return out
+
+    def program_limits(self) -> Limits:
+        return Limits(max_bytes=self.max_program_bytes)
 
     def pool_config(self) -> PoolConfig:
         return PoolConfig(device=self.device, batching=self.batching, max_batch_size=self.max_batch_size,

@@ -31,7 +31,9 @@ class Module(ABC):
 
     @property
     def version(self) -> str:
-        """Code version plus the weights' hash where there are weights: part of every cache key."""
+        """Code version plus the weights' hash where there are weights: part of every cache key.
+        Known before ``load`` (the pool puts it in the catalog it compiles plans with), and fixed for
+        the process: a module whose weights can change must hash them here, not when it loads."""
         return self.signature.version
 
     def load(self, device: str) -> None:

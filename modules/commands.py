@@ -11,7 +11,6 @@ Building the parsers must stay cheap (no torch, no models): import heavy things 
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -65,5 +64,5 @@ def add_pack_commands(commands: Commands) -> None:
         try:
             add: AddCommands = ep.load()
             add(commands)
-        except (ImportError, argparse.ArgumentError) as e:
-            log.warning("the %s pack's commands are unavailable: %s", ep.name, e)
+        except Exception as e:  # noqa: BLE001 - a pack's own bug, reported by name
+            log.warning("the %s pack's commands are unavailable: %s: %s", ep.name, type(e).__name__, e)

@@ -11,7 +11,7 @@ from .arguments import Bound, bind, check_argument
 from .errors import Diagnostic, ProgramError, Span, did_you_mean
 from .evaluate import EvalError, check_value, evaluate
 from .expressions import Rewrite
-from .formatter import format_expr
+from .formatter import format_expr, format_program
 from .parser import DEFAULT_LIMITS, Limits, parse, parse_expression
 from .plan import Const, Input, Plan, Ref, Source, Step, canonical_const, step_fingerprint
 from .strings import decode_string
@@ -102,7 +102,7 @@ class _Compiler:
             for s in self.steps
         )
         return Plan(steps, self.result[0], self.result[1], tuple(self.used_inputs), tuple(self.warnings),
-                    self.program.source, {s.id: s for s in steps}, self.program)
+                    self.program.source, {s.id: s for s in steps}, format_program(self.program))
 
     def name_step(self, src: Source, var: str, span: Span) -> None:
         if isinstance(src, Ref):

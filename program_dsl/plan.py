@@ -7,12 +7,9 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
-from . import syntax as S
 from .errors import Diagnostic, Span
-from .formatter import format_program
 from .types import Type
 
 
@@ -107,15 +104,12 @@ class Plan:
     warnings: tuple[Diagnostic, ...] = ()
     source: str = ""
     by_id: Mapping[str, Step] = field(default_factory=dict, compare=False, repr=False)
-    syntax: S.Program | None = field(default=None, compare=False, repr=False)
+    # The program in canonical form, formatted from the tree it was compiled from, so a run parses
+    # its text once; kept as text, not as the tree, which weighs fifteen times more in the plan memo.
+    canonical: str = field(default="", compare=False)
 
     def step(self, step_id: str) -> Step:
         return self.by_id[step_id]
-
-    @cached_property
-    def canonical(self) -> str:
-        """The program in canonical form, from the tree it was compiled from: a run parses its text once."""
-        return format_program(self.syntax if self.syntax is not None else self.source)
 
     def fingerprint(self) -> str:
         """Identity of what the plan computes, independent of names, spacing and comments."""

@@ -208,11 +208,28 @@ def _record_statuses() -> Iterator[None]:
         response = original(self, method, url, *args, **kwargs)  # type: ignore[arg-type]
         _APPS[id(self.app)] = self.app
         _OBSERVED.add((id(self.app), method.upper(), response.request.url.path, response.status_code))
+        if method.upper() == "POST" and response.request.url.path == "/v1/runs" and response.status_code == 200:
+            _check_record(response.json())
         return response
 
     TestClient.request = request  # type: ignore[method-assign]
     yield
     TestClient.request = original  # type: ignore[method-assign]
+
+
+_RECORD_PROBLEMS: list[str] = []
+
+
+def _check_record(record: object) -> None:
+    """Every run record any test gets from POST /v1/runs must fit the one RunRecord schema."""
+    import jsonschema
+
+    from app.records import RunRecord
+
+    try:
+        jsonschema.validate(record, RunRecord.model_json_schema(mode="serialization"))
+    except jsonschema.ValidationError as e:
+        _RECORD_PROBLEMS.append(f"a POST /v1/runs answer does not fit RunRecord: {e.message}")
 
 
 def undocumented_statuses() -> list[str]:
@@ -234,7 +251,7 @@ def undocumented_statuses() -> list[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    bad = undocumented_statuses()
+    bad = undocumented_statuses() + sorted(set(_RECORD_PROBLEMS))
     if bad:
-        print("\nundocumented statuses:\n  " + "\n  ".join(bad))
+        print("\nanswers the OpenAPI document does not describe:\n  " + "\n  ".join(bad))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

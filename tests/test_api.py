@@ -248,3 +248,88 @@ def test_linked_adds_mask_and_nested_urls() -> None:
     assert out["items"][1]["url"] == "/v1/artifacts/sha256:i"
     assert out["items"][2] == {"type": "number", "value": 3}
     assert "mask_url" not in doc["items"][0]["items"][0]  # the cached document is left as it was
+
+
+def test_a_step_of_a_record_written_before_steps_named_their_pack(client: TestClient) -> None:
+    import json
+
+    out = run(client, PROGRAM)
+    old = {**out, "steps": [{k: v for k, v in s.items() if k != "pack"} for s in out["steps"]]}
+    store = client.app.state.svc.store  # type: ignore[attr-defined]
+    assert client.portal.call(store.put, "run", out["run_id"], json.dumps(old).encode(), None)  # type: ignore[attr-defined]
+    assert client.get(f"/v1/runs/{out['run_id']}").status_code == 200
+    step = client.get(f"/v1/runs/{out['run_id']}/steps/s1")
+    assert step.status_code == 200 and step.json()["id"] == "s1" and "pack" not in step.json()
+
+
+@pytest.mark.parametrize("options", ["5", "[1]", "true", "null", '"x"', "[" * 1000 + "]" * 1000, "{nope",
+                                     '{"cache": "sometimes"}'])
+def test_multipart_options_that_are_not_an_object_are_422(client: TestClient, options: str) -> None:
+    r = client.post("/v1/runs", data={"program": PROGRAM, "options": options},
+                    files={"IMAGE": ("img.png", png_bytes(), "image/png")})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["message"].startswith("options")
+
+
+def test_upload_refuses_two_files_with_a_hint(client: TestClient) -> None:
+    r = client.post("/v1/images", files={"a": ("a.png", png_bytes(), "image/png"),
+                                         "b": ("b.png", png_bytes(seed=2), "image/png")})
+    assert r.status_code == 422 and "exactly one file" in r.json()["errors"][0]["message"]
+
+
+def test_a_malformed_body_is_a_documented_400(client: TestClient) -> None:
+    bad = b"--XX\r\nContent-Disposition: form-data; name=\"program\"\r\n\r\nx = 1"  # never closed
+    for path in ("/v1/runs", "/v1/images"):
+        r = client.post(path, content=bad, headers={"content-type": "multipart/form-data; boundary=XX"})
+        assert r.status_code in (400, 422), (path, r.status_code, r.text)
+        assert r.json()["errors"][0]["message"]
+    r = client.post("/v1/programs/check", content=b'{"program": "\xff"}', headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422) and r.json()["errors"][0]["message"]
+
+
+def test_a_bogus_content_length_is_not_trusted(client: TestClient) -> None:
+    r = client.post("/v1/images", content=png_bytes(), headers={"content-type": "image/png", "content-length": "x"})
+    assert r.status_code < 500
+
+
+def test_the_key_is_checked_before_the_body_is_read() -> None:
+    with client_for(None, api_keys="k1") as c:
+        r = c.post("/v1/programs/check", content=b"{nope", headers={"content-type": "application/json"})
+        assert r.status_code == 401 and "API key" in r.json()["errors"][0]["message"]
+        assert c.get("/v1/no-such-route").status_code == 401  # nothing about the paths without a key
+        ok = c.post("/v1/programs/check", json={"program": "x = 1"}, headers={"X-API-Key": "k1"})
+        assert ok.status_code == 200 and ok.json()["ok"] is True
+
+
+def test_keys_with_any_characters() -> None:
+    with client_for(None, api_keys="clé,ключ") as c:
+        for key in ("clé", "ключ"):
+            assert c.get("/v1/modules", headers={"X-API-Key": key.encode()}).status_code == 200
+            assert c.get("/v1/modules", headers={"Authorization": b"Bearer " + key.encode()}).status_code == 200
+        assert c.get("/v1/modules", headers={"X-API-Key": "clef"}).status_code == 401
+
+
+async def test_keys_are_compared_as_the_bytes_sent() -> None:
+    # At the ASGI level, as a server hands headers over (the test client re-encodes them).
+    from app.deps import ApiKeys
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    guard = ApiKeys(app, {"clé"})
+
+    async def status(value: bytes, name: bytes = b"x-api-key") -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await guard({"type": "http", "path": "/v1/modules", "headers": [(name, value)]}, None, send)  # type: ignore[arg-type]
+        return int(sent[0]["status"])
+
+    assert await status("clé".encode()) == 200
+    assert await status(b"Bearer " + "clé".encode(), b"authorization") == 200
+    assert await status("clé".encode("latin-1")) == 401
+    assert await status(b"\xff\xfe") == 401
+    assert await status(b"") == 401

@@ -92,3 +92,22 @@ def test_declared_names_are_not_also_core_modules() -> None:
 def test_an_implementation_may_add_optional_parameters() -> None:
     check_declared(Pack("mine", [_Loc(param("image", "Image"), param("object", "Text", "object"),
                                       param("threshold", "Number", 0.5))]))
+
+
+def test_a_broken_pack_command_leaves_the_cli_working(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import modules.commands as commands
+    from app.cli import build_parser
+
+    class Broken:
+        name = "broken"
+
+        def load(self) -> Any:
+            raise AttributeError("module 'broken' has no attribute 'add_commands'")
+
+    real = commands.entry_points
+    monkeypatch.setattr(commands, "entry_points", lambda group: [*real(group=group), Broken()])
+    parser = build_parser()
+    assert parser.parse_args(["check", "x.nsx"]).fn.__name__ == "cmd_check"
+    assert parser.parse_args(["bench", "shapes", "--questions", "1"]).bench == "shapes"  # the others still came
+    assert "the broken pack's commands are unavailable: AttributeError" in caplog.text

@@ -82,10 +82,21 @@ def test_api_answers_and_cli_output_fit_one_run_record_schema(tmp_path: Path) ->
                          timeout=120)
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout)
-    for record in (answered, failed, fetched, printed):
+    (tmp_path / "bad.nsx").write_text("x = PICK(REGION(IMAGE, [0, 0, 5, 5]), 3)\n")
+    out = subprocess.run([sys.executable, "-m", "app.cli", "run", str(tmp_path / "bad.nsx"), "--image",
+                          "examples/scene.png", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1, out.stderr
+    printed_failed = json.loads(out.stdout)
+    for record in (answered, failed, fetched, printed, printed_failed):
         jsonschema.validate(record, schema)
         RunRecord.model_validate(record)
     assert failed["status"] == "failed" and printed["status"] == "succeeded"
+    same = ("status", "result", "error", "program", "plan_fingerprint", "inputs", "warnings", "modules")
+    assert {k: printed_failed[k] for k in same} == {k: failed[k] for k in same}
+    drop = ("ms", "queue_ms")
+    assert [{k: v for k, v in s.items() if k not in drop} for s in printed_failed["steps"]] == \
+        [{k: v for k, v in s.items() if k not in drop} for s in failed["steps"]]
     # The CLI prints the API's record: the same fields, the same answer, the same steps and keys.
     assert set(printed) == set(answered) == set(documented["properties"])
     assert printed["result"] == answered["result"] == {"type": "text", "value": "two things"}

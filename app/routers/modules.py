@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends
 
 from program_dsl import BUILTINS
 
-from ..deps import api_key, service
+from ..deps import service
 from ..errors import responses
 from ..records import ModuleInfo, ModuleList
 from ..service import Service
 
-router = APIRouter(prefix="/v1", tags=["modules"], dependencies=[Depends(api_key)])
+router = APIRouter(prefix="/v1", tags=["modules"])
 
 
 @router.get("/modules", response_model=ModuleList, responses=responses(401))

@@ -6,16 +6,16 @@ from fastapi import APIRouter, Depends
 
 from program_dsl import ProgramError
 
-from ..deps import api_key, service
+from ..deps import service
 from ..errors import responses
 from ..inputs import CheckRequest
 from ..records import CheckResult, ErrorItem, RunWarning
 from ..service import Service
 
-router = APIRouter(prefix="/v1/programs", tags=["programs"], dependencies=[Depends(api_key)])
+router = APIRouter(prefix="/v1/programs", tags=["programs"])
 
 
-@router.post("/check", response_model=CheckResult, responses=responses(401, 422))
+@router.post("/check", response_model=CheckResult, responses=responses(400, 401, 422))
 async def check_program(body: CheckRequest, svc: Service = Depends(service)) -> CheckResult:
     """Type-check a program against this deployment's catalog; returns diagnostics and the plan.
     A program with errors is a 200 with ``ok: false``: checking it succeeded."""

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
-from ..deps import api_key, service
+from ..deps import service
 from ..errors import ApiError, responses
 from ..inputs import RunRequest, read_run
 from ..records import RunRecord, StepRecord
 from ..service import Service
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(api_key)])
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 _RUN_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}},
@@ -29,7 +28,7 @@ _RUN_BODY = {"requestBody": {"required": True, "content": {
 EXTRA_SCHEMAS = (RunRequest,)
 
 
-@router.post("", response_model=RunRecord, responses=responses(401, 413, 422, 429), openapi_extra=_RUN_BODY)
+@router.post("", response_model=RunRecord, responses=responses(400, 401, 413, 422, 429), openapi_extra=_RUN_BODY)
 async def create_run(request: Request, svc: Service = Depends(service)) -> Response:
     """Run a program on images. JSON with base64 images or ``sha256:`` references, or multipart
     with a ``program`` field and one file per image variable. A run that fails in a step is still
@@ -55,9 +54,9 @@ async def get_run(run_id: str, svc: Service = Depends(service)) -> Response:
 
 
 @router.get("/{run_id}/steps/{step_id}", response_model=StepRecord, responses=responses(401, 404, 422))
-async def get_step(run_id: str, step_id: str, svc: Service = Depends(service)) -> Any:
+async def get_step(run_id: str, step_id: str, svc: Service = Depends(service)) -> JSONResponse:
     """One step record of a run."""
     for step in json.loads(await _stored(svc, run_id))["steps"]:
         if step["id"] == step_id:
-            return step
+            return JSONResponse(step)  # as it was recorded, like the run it belongs to
     raise ApiError(404, f"run {run_id} has no step {step_id}")

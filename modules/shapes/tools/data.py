@@ -15,8 +15,9 @@ import torch
 from tqdm import tqdm
 
 from .. import nets
-from ..nets import AttributeConfig, Detector, DetectorConfig, DetectorTargets
+from ..nets import AttributeConfig, Detector, DetectorConfig
 from ..vocab import ATTRIBUTES
+from .losses import DetectorTargets
 from .world import WorldConfig, render_scene
 
 # ----------------------------------------------------------------------------- scenes

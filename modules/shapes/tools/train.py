@@ -45,6 +45,7 @@ from .data import (
     make_scenes,
     to_tensor,
 )
+from .losses import detector_loss
 from .seeds import heldout_seed
 from .world import WorldConfig
 
@@ -219,7 +220,7 @@ def train_detector(data: SceneSet, cfg: TrainConfig, seconds: float) -> tuple[De
         targets = detector_targets(insts, boxes, cfg.detector)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             raw, fine = model(to_tensor(imgs))
-        return nets.detector_loss((raw.float(), fine.float()), targets)
+        return detector_loss((raw.float(), fine.float()), targets)
 
     return model, fit(model, step_loss, cfg.det_steps, seconds, cfg.det_lr, cfg, "detector", clip=5.0)
 
