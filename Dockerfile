@@ -12,14 +12,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NSX_PORT=8000 \
     NSX_DEVICE=auto
 
+# The photo pack's OpenCV (the build mediapipe depends on) links against libGL and GLib.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python3 -m venv /opt/nsx
 ENV PATH=/opt/nsx/bin:$PATH
 
 WORKDIR /src
 # Dependencies first, so editing code does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p program_dsl modules/core modules/shapes app \
-    && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py modules/shapes/__init__.py app/__init__.py \
+RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
+    && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py modules/shapes/__init__.py \
+             modules/photo/__init__.py app/__init__.py \
     && if [ "$DEVICE" = "cpu" ]; then \
          pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
          || pip install "torch==2.13.0"; \
