@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from modules.values import ImageValue, Obj, Objects, sha256_key
@@ -26,7 +27,7 @@ class DecodeError(Exception):
     """A cached value could not be rebuilt (an artifact expired): the step is recomputed instead."""
 
 
-def mask_png(mask: np.ndarray) -> bytes:
+def mask_png(mask: NDArray[np.bool_]) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
     return buf.getvalue()

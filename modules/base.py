@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from program_dsl import Signature
 
@@ -70,6 +70,39 @@ class FunctionModule(Module):
             except ModuleError as e:
                 out.append(e)
         return out
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FunctionSet:
+    """Plain functions declared as a pack's modules, each with its signature written above it:
+
+        functions = FunctionSet()
+
+        @functions(signature("COUNT", "Number", param("box", "Objects")))
+        def count(box: Objects) -> int: ...
+
+    ``modules()`` makes fresh module objects for a pack; ``kind`` says how they run (a
+    ``FunctionModule`` subclass that is not ``cheap`` runs on the pool's worker thread)."""
+
+    def __init__(self, kind: type[FunctionModule] = FunctionModule) -> None:
+        self.kind = kind
+        self._entries: list[tuple[Signature, Callable[..., Any]]] = []
+
+    def __call__(self, sig: Signature) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            self._entries.append((sig, fn))
+            return fn
+
+        return register
+
+    @property
+    def signatures(self) -> tuple[Signature, ...]:
+        return tuple(sig for sig, _ in self._entries)
+
+    def modules(self) -> list[Module]:
+        return [self.kind(sig, fn) for sig, fn in self._entries]
 
 
 @dataclass

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from program_dsl import IMAGE, OBJECTS, Type
@@ -54,7 +55,7 @@ class Obj:
     score: float = 1.0
     label: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
-    mask: np.ndarray | None = None  # bool H×W over the source image
+    mask: NDArray[np.bool_] | None = None  # bool H×W over the source image
 
     @property
     def area(self) -> float:
@@ -64,6 +65,15 @@ class Obj:
     def same(self, other: Obj) -> bool:
         """Identity for set operations: the same box and label on the same image."""
         return self.label == other.label and all(abs(a - b) < 0.5 for a, b in zip(self.box, other.box))
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when either is empty."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,21 +12,10 @@ from PIL import Image, ImageDraw
 
 from program_dsl import EVAL, EvalError, Signature, evaluate_text, param, signature
 
-from ..base import FunctionModule, Module, ModuleError, Pack
+from ..base import FunctionSet, Module, ModuleError, Pack
 from ..values import ImageValue, Obj, Objects
 
-_FUNCTIONS: list[tuple[Signature, Callable[..., Any]]] = []
-
-
-def _module(sig: Signature) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare a function a module of this pack, its signature written beside it."""
-
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _FUNCTIONS.append((sig, fn))
-        return fn
-
-    return register
-
+_module = FunctionSet()
 
 @_module(signature("COUNT", "Number", param("box", "Objects", doc="the objects to count"), doc="Number of objects."))
 def count(box: Objects) -> int:
@@ -191,9 +180,9 @@ class EvalModule(Module):
         return out
 
 
-SIGNATURES: tuple[Signature, ...] = tuple(sig for sig, _ in _FUNCTIONS)
+SIGNATURES: tuple[Signature, ...] = _module.signatures
 
 
 def pack() -> Pack:
-    return Pack("core", [EvalModule(), *(FunctionModule(sig, fn) for sig, fn in _FUNCTIONS)],
+    return Pack("core", [EvalModule(), *_module.modules()],
                 doc="Symbolic modules: counting, cropping, set operations, drawing, EVAL.")
