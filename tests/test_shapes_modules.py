@@ -189,7 +189,7 @@ def test_loc_maps_boxes_back_to_the_image_size(loc: Loc) -> None:
 @needs_weights
 def test_version_names_the_weights() -> None:
     v = Loc().version
-    assert v.startswith("1-") and len(v.split("-")[1]) == 12
+    assert v.startswith("2.1-") and len(v.split("-")[1]) == 12
 
 
 @needs_weights

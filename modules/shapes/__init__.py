@@ -23,10 +23,13 @@ A CLEVR question then reads, for example:
 Every object's ``attributes`` are ``{attribute: {value: probability}}``, plus ``matched``: the words
 of the step's phrase and the concept each was taken to mean, with its similarity.
 
-What the service loads is this file, the networks (``nets``), the words → concepts layer
-(``concepts``), the vocabulary (``vocab``) and the weights (``files``). The pack's tooling (world
-generator, training, questions, CLEVR import, benchmark, CLI commands) is in ``tools``, which
-nothing here imports.
+``LOC`` answers only for images that look like shapes-world scenes (``domain``): on a photo it fails
+the step, says what it measured and which pack to enable instead.
+
+What the service loads is this file, the networks (``nets``), the shapes-world check (``domain``),
+the words → concepts layer (``concepts``), the vocabulary (``vocab``) and the weights (``files``).
+The pack's tooling (world generator, training, questions, CLEVR import, benchmark, CLI commands) is
+in ``tools``, which nothing here imports.
 """
 
 from __future__ import annotations
@@ -45,18 +48,22 @@ from program_dsl import Signature, param, signature
 from ..base import FunctionModule, Module, ModuleError, Pack
 from ..values import ImageValue, Obj, Objects
 from . import concepts as concepts_mod
+from . import domain
 from .files import ATTRIBUTES_FILE, DETECTOR_FILE, WEIGHTS, weight_files
 from .vocab import ATTRIBUTE_NAMES, ATTRIBUTES, RELATIONS, label
 
 if TYPE_CHECKING:
+    from . import nets as nets_mod
     from .nets import AttributeNet, Detector
 
 __all__ = [
-    "ATTRIBUTES", "ATTRIBUTES_FILE", "ATTRIBUTE_NAMES", "DETECTOR_FILE", "LOC_SIG", "RELATIONS", "WEIGHTS", "Loc",
-    "filter_", "most_likely", "pack", "query", "relate", "same", "select", "unique", "values_of",
+    "ATTRIBUTES", "ATTRIBUTES_FILE", "ATTRIBUTE_NAMES", "DETECTOR_FILE", "LOC_SIG", "LOC_VERSION", "RELATIONS",
+    "WEIGHTS", "Loc", "filter_", "most_likely", "pack", "query", "relate", "same", "select", "unique", "values_of",
 ]
 
 CODE_VERSION = "1"
+# LOC checks that an image is a shapes-world scene before it answers (``domain``): its answers changed.
+LOC_VERSION = f"2.{domain.VERSION}"
 SYMBOLIC_VERSION = f"{CODE_VERSION}-{concepts_mod.VERSION}"
 
 _OBJECT_DOC = "what to find: a phrase of attribute words ('large red circle', 'ball') or 'object' for all"
@@ -219,9 +226,13 @@ class Loc(Module):
     batchable = True
     max_batch_size = 16
 
-    def __init__(self, weights: Path = WEIGHTS, mapper: concepts_mod.Concepts | None = None) -> None:
+    def __init__(self, weights: Path = WEIGHTS, mapper: concepts_mod.Concepts | None = None,
+                 limits: domain.Limits | None = domain.LIMITS) -> None:
+        """``limits``: what a shapes-world scene may look like (``domain``), measured for the
+        committed weights; ``None`` answers for any image (a training run's smoke test, say)."""
         self.weights = weights
         self.mapper = mapper
+        self.limits = limits
         self.detector: Detector | None = None
         self.attrnet: AttributeNet | None = None
         self._version: str | None = None
@@ -237,9 +248,17 @@ class Loc(Module):
             try:
                 digest = _file_digest(self.files)
             except OSError:
-                return f"{CODE_VERSION}-noweights"
-            self._version = f"{CODE_VERSION}-{digest}-{concepts_mod.VERSION}"
+                return f"{self._code_version}-noweights"
+            self._version = f"{self._code_version}-{digest}-{concepts_mod.VERSION}"
         return self._version
+
+    @property
+    def _code_version(self) -> str:
+        if self.limits == domain.LIMITS:
+            return LOC_VERSION
+        if self.limits is None:
+            return "2.unchecked"
+        return f"2.{hashlib.sha256(repr(self.limits).encode()).hexdigest()[:8]}"
 
     def load(self, device: str) -> None:
         from . import nets
@@ -260,14 +279,47 @@ class Loc(Module):
         return self.detector, self.attrnet
 
     def warmup(self) -> None:
-        side = self._nets()[0].cfg.input_size
-        blank = Image.new("RGB", (side, side), (180, 180, 180))
-        self.forward([{"image": ImageValue(blank, "sha256:warmup"), "object": "object"}])
-        (self.mapper or concepts_mod.shared()).warm()
-
-    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
         import torch
 
+        detector, attrnet = self._nets()
+        side = detector.cfg.input_size
+        blank = Image.new("RGB", (side, side), (180, 180, 180))
+        # A blank image is no shapes scene, so LOC refuses it before the attribute classifier runs:
+        # that one is warmed on its own.
+        self.forward([{"image": ImageValue(blank, "sha256:warmup"), "object": "object"}])
+        c = attrnet.cfg.crop
+        with torch.inference_mode():
+            attrnet(torch.zeros((1, 4, c, c), device=self.device), torch.zeros((1, 3), device=self.device))
+        (self.mapper or concepts_mod.shared()).warm()
+
+    def _tensor(self, images: Sequence[Image.Image]) -> Any:
+        """The detector's input for ``images``: B×3×S×S in [0, 1], on the CPU."""
+        import torch
+
+        S = self._nets()[0].cfg.input_size
+        arrays = []
+        for image in images:
+            im = image.convert("RGB")
+            if im.size != (S, S):
+                im = im.resize((S, S), Image.Resampling.BILINEAR)
+            arrays.append(np.asarray(im))
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
+
+    def _detect(self, x: Any) -> tuple[list[list[nets_mod.Detection]], list[domain.Verdict]]:
+        from . import nets
+
+        detector, attrnet = self._nets()
+        dets, maps = nets.detect(detector, x.to(self.device), attrnet.cfg.mask_stride)
+        if self.limits is None:
+            return dets, [domain.Verdict(None, ()) for _ in dets]
+        return dets, [domain.judge(e, self.limits) for e in domain.measure(x, dets, maps, self.limits)]
+
+    def examine(self, images: Sequence[Image.Image]) -> list[domain.Verdict]:
+        """Whether each image is a shapes-world scene, and the evidence: what LOC decides before it
+        answers (tools and tests read it here)."""
+        return self._detect(self._tensor(images))[1]
+
+    def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
         from . import nets
 
         detector, attrnet = self._nets()
@@ -288,15 +340,19 @@ class Loc(Module):
             todo.append((i, image, q))
         if not todo:
             return out
-        arrays = []
-        for _, image, _ in todo:
-            im = image.image.convert("RGB")
-            if im.size != (S, S):
-                im = im.resize((S, S), Image.Resampling.BILINEAR)
-            arrays.append(np.asarray(im))
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255).to(self.device)
-        preds = nets.predict(detector, attrnet, x)
-        for (i, image, q), objs in zip(todo, preds):
+        x = self._tensor([image.image for _, image, _ in todo])
+        dets, verdicts = self._detect(x)
+        # An image the networks were not trained on gets an error, never objects: the attribute
+        # classifier does not even run on it.
+        kept = [k for k, v in enumerate(verdicts) if v.ok]
+        for (i, _, _), v in zip(todo, verdicts):
+            if not v.ok:
+                out[i] = ModuleError(domain.message(v))
+        if not kept:
+            return out
+        preds = nets.classify(attrnet, x[kept].to(self.device), [dets[k] for k in kept])
+        for k, objs in zip(kept, preds):
+            i, image, q = todo[k]
             W, H = image.width, image.height
             sx, sy = W / S, H / S
             items = []

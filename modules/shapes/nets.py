@@ -320,15 +320,33 @@ class Prediction:
     attributes: dict[str, str]
 
 
-def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[list[Prediction]]:
-    """B×3×S×S images in [0, 1] (S = the detector's input size) → objects per image: one detector
-    forward for the batch, one attribute forward for every object found in it."""
-    cfg = detector.cfg
-    dev = images.device
+@dataclass
+class Maps:
+    """What the detector saw in a batch beside its objects: the centre heatmap (B×(S/stride)×(S/stride))
+    and the foreground probability (B×(S/2)×(S/2)), both in [0, 1], on the CPU. How sure the detector
+    is of them, pixel by pixel, is part of how LOC tells a shapes-world scene from anything else."""
+
+    heat: Tensor
+    foreground: Tensor
+
+
+def detect(detector: Detector, images: Tensor, mask_stride: int = 8) -> tuple[list[list[Detection]], Maps]:
+    """B×3×S×S images in [0, 1] (S = the detector's input size) → objects per image, in one forward,
+    and the maps they were decoded from."""
     with torch.inference_mode():
         # Decoding is a few small loops over peaks: the CPU does it as well as any accelerator.
         raw, fg = detector(images)
-        dets = decode((raw.float().cpu(), fg.float().cpu()), cfg, attrnet.cfg.mask_stride)
+        raw, fg = raw.float().cpu(), fg.float().cpu()
+        dets = decode((raw, fg), detector.cfg, mask_stride)
+    return dets, Maps(torch.sigmoid(raw[:, HEAT]), torch.sigmoid(fg[:, FG]))
+
+
+def classify(attrnet: AttributeNet, images: Tensor, dets: list[list[Detection]]) -> list[list[Prediction]]:
+    """The attributes of every object ``detect`` found in ``images`` (the same batch, or the images of
+    it that are kept, in the same order), in one forward of the attribute classifier."""
+    dev = images.device
+    size = images.shape[-1]
+    with torch.inference_mode():
         flat = [(b, d) for b, ds in enumerate(dets) for d in ds]
         if not flat:
             return [[] for _ in dets]
@@ -337,7 +355,7 @@ def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[l
         softs = torch.stack([d.soft for _, d in flat]).to(dev)
         areas = torch.tensor([float(d.mask.sum()) for _, d in flat], dtype=torch.float32, device=dev)
         crops = sample_crops(images.float().contiguous(), softs, owners, boxes, attrnet.cfg)
-        logits = attrnet(crops, geometry(boxes, areas, cfg.input_size))
+        logits = attrnet(crops, geometry(boxes, areas, size))
         probs = {a: torch.softmax(v.float(), 1).cpu() for a, v in logits.items()}
     out: list[list[Prediction]] = [[] for _ in dets]
     for n, (b, d) in enumerate(flat):
@@ -345,6 +363,13 @@ def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[l
         best = {a: max(v, key=v.__getitem__) for a, v in p.items()}
         out[b].append(Prediction(d.box, d.score, d.mask, p, best))
     return out
+
+
+def predict(detector: Detector, attrnet: AttributeNet, images: Tensor) -> list[list[Prediction]]:
+    """B×3×S×S images in [0, 1] (S = the detector's input size) → objects per image: one detector
+    forward for the batch, one attribute forward for every object found in it."""
+    dets, _ = detect(detector, images, attrnet.cfg.mask_stride)
+    return classify(attrnet, images, dets)
 
 
 # ----------------------------------------------------------------------------- files

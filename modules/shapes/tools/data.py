@@ -20,20 +20,22 @@ from ..vocab import ATTRIBUTES
 from .losses import DetectorTargets
 from .world import WorldConfig, render_scene
 
+Array = np.ndarray[Any, Any]  # numpy's array, any shape and dtype
+
 # ----------------------------------------------------------------------------- scenes
 
 
 @dataclass
 class SceneSet:
-    images: np.ndarray  # N×S×S×3 uint8
-    instances: np.ndarray  # N×S×S uint8
+    images: Array  # N×S×S×3 uint8
+    instances: Array  # N×S×S uint8
     truths: list[dict[str, Any]]
 
     def __len__(self) -> int:
         return len(self.truths)
 
 
-def _render(job: tuple[int, int, WorldConfig]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _render(job: tuple[int, int, WorldConfig]) -> tuple[Array, Array, dict[str, Any]]:
     seed, index, cfg = job
     s = render_scene(seed, index, cfg)
     return s.image, s.instances, s.truth
@@ -62,12 +64,12 @@ def make_scenes(seed: int, n: int, cfg: WorldConfig, workers: int = 2, desc: str
     return SceneSet(images, instances, truths)
 
 
-def boxes_of(truth: dict[str, Any]) -> np.ndarray:
+def boxes_of(truth: dict[str, Any]) -> Array:
     return np.array([o["box"] for o in truth["objects"]], np.float32).reshape(-1, 4)
 
 
-def augment(img: np.ndarray, inst: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
-            vertical: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def augment(img: Array, inst: Array, boxes: Array, rng: np.random.Generator,
+            vertical: bool) -> tuple[Array, Array, Array]:
     """Mirror images and their truth: free extra scenes. Vertical flips (and transposes) only for the
     detector, since a triangle upside down is not a shape this world draws."""
     S = img.shape[0]
@@ -84,7 +86,7 @@ def augment(img: np.ndarray, inst: np.ndarray, boxes: np.ndarray, rng: np.random
     return np.ascontiguousarray(img), np.ascontiguousarray(inst), boxes
 
 
-def block_cover(inst: np.ndarray, n: int, stride: int) -> np.ndarray:
+def block_cover(inst: Array, n: int, stride: int) -> Array:
     """Share of each stride×stride block covered by each object: n×(S/stride)×(S/stride), in one pass."""
     S = inst.shape[0]
     h = S // stride
@@ -93,7 +95,7 @@ def block_cover(inst: np.ndarray, n: int, stride: int) -> np.ndarray:
     return (counts.reshape(h, h, n + 1)[:, :, 1:].transpose(2, 0, 1) / (stride * stride)).astype(np.float32)
 
 
-def detector_targets(insts: list[np.ndarray], boxes: list[np.ndarray], cfg: DetectorConfig) -> DetectorTargets:
+def detector_targets(insts: list[Array], boxes: list[Array], cfg: DetectorConfig) -> DetectorTargets:
     B = len(insts)
     S, st = cfg.input_size, cfg.stride
     h = S // st
@@ -133,7 +135,7 @@ def detector_targets(insts: list[np.ndarray], boxes: list[np.ndarray], cfg: Dete
     return DetectorTargets(t(heat), t(reg), t(reg_mask), fg, t(vec), t(vec_weight))
 
 
-def to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+def to_tensor(images: list[Array] | Array) -> torch.Tensor:
     x = torch.from_numpy(np.stack(images) if isinstance(images, list) else images)
     return x.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
 
@@ -141,8 +143,8 @@ def to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------- batches
 
 
-def draw_batches(n: int, batch: int, rng: np.random.Generator, weights: np.ndarray | None = None
-                 ) -> Iterator[np.ndarray]:
+def draw_batches(n: int, batch: int, rng: np.random.Generator, weights: Array | None = None
+                 ) -> Iterator[Array]:
     """Scene indices, a batch at a time: epochs of a shuffled order, or with ``weights``, draws in
     proportion to them (without repeats inside a batch)."""
     if weights is not None:
@@ -175,7 +177,7 @@ def labels_of(truth: dict[str, Any]) -> dict[str, list[int]]:
     return {a: [ATTRIBUTES[a].index(o[a]) for o in truth["objects"]] for a in ATTRIBUTES}
 
 
-View = tuple[np.ndarray, np.ndarray, float]  # box, coarse soft mask, mask area: one object as the detector saw it
+View = tuple[Array, Array, float]  # box, coarse soft mask, mask area: one object as the detector saw it
 
 
 def detector_views(detector: Detector, data: SceneSet, n: int, mask_stride: int, batch: int = 16
@@ -203,7 +205,7 @@ def detector_views(detector: Detector, data: SceneSet, n: int, mask_stride: int,
     return views
 
 
-def attribute_batch(data: SceneSet, idx: np.ndarray, cfg: AttributeConfig, rng: np.random.Generator | None,
+def attribute_batch(data: SceneSet, idx: Array, cfg: AttributeConfig, rng: np.random.Generator | None,
                     views: dict[int, dict[int, View]] | None = None, p_view: float = 0.6,
                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Crops of every object of the scenes ``idx``. Without ``rng``: from the true boxes and masks.
@@ -254,7 +256,7 @@ def attribute_batch(data: SceneSet, idx: np.ndarray, cfg: AttributeConfig, rng: 
     return crops, geo, {a: torch.tensor(v) for a, v in labels.items()}
 
 
-def _box_mask(box: np.ndarray, size: int, stride: int) -> np.ndarray:
+def _box_mask(box: Array, size: int, stride: int) -> Array:
     m = np.zeros((size, size), np.float32)
     x1, y1, x2, y2 = (round(float(v)) for v in box)
     m[max(0, y1):max(0, y2), max(0, x1):max(0, x2)] = 1.0

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...values import box_iou
 from .. import most_likely
 from ..vocab import ATTRIBUTE_NAMES, WORD_ORDER
 from .questions import Question
@@ -22,14 +23,6 @@ from .reference import Unanswerable, reference_answer
 
 IOU = 0.5  # a detection is an object's when their boxes overlap this much (intersection over union)
 CAUSES: tuple[str, ...] = ("detector", "attribute", "relation", "executor", "reference")
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass

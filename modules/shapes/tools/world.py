@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw
 
 from ..vocab import ATTRIBUTES, COLORS, MATERIALS, RELATIONS, SHAPES, SIZES
 
+Array = np.ndarray[Any, Any]  # numpy's array, any shape and dtype
+
 __all__ = [
     "PALETTE", "ObjectSpec", "Scene", "WorldConfig", "compose", "generate", "relationships", "render_scene",
     "scene_rng", "write_scene",
@@ -73,14 +75,14 @@ class WorldConfig:
 class Scene:
     """A rendered scene: the RGB image, the instance mask (pixel = object index + 1) and its ground truth."""
 
-    image: np.ndarray  # uint8 H×W×3
-    instances: np.ndarray  # uint8 H×W, 0 = background
+    image: Array  # uint8 H×W×3
+    instances: Array  # uint8 H×W, 0 = background
     truth: dict[str, Any]
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.image, "RGB")
 
-    def mask(self, index: int) -> np.ndarray:
+    def mask(self, index: int) -> Array:
         return np.asarray(self.instances == index + 1)
 
 
@@ -95,7 +97,7 @@ class _Placed:
     radius: float
     rotation: float  # degrees
     stripe_angle: float
-    full: np.ndarray  # bool mask of the whole object (supersampled, within its window)
+    full: Array  # bool mask of the whole object (supersampled, within its window)
     window: tuple[int, int, int, int]  # x1, y1, x2, y2 of ``full`` in the supersampled image
 
 
@@ -138,7 +140,7 @@ def _rotation(shape: str, rng: np.random.Generator) -> float:
 
 
 def _object_mask(shape: str, cx: float, cy: float, r: float, rot: float, side: int
-                 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+                 ) -> tuple[Array, tuple[int, int, int, int]]:
     """The object's full mask inside a window around it, clipped to the image."""
     x1, y1 = max(0, math.floor(cx - 1.2 * r) - 1), max(0, math.floor(cy - 1.2 * r) - 1)
     x2, y2 = min(side, math.ceil(cx + 1.2 * r) + 2), min(side, math.ceil(cy + 1.2 * r) + 2)
@@ -154,7 +156,7 @@ def _object_mask(shape: str, cx: float, cy: float, r: float, rot: float, side: i
 # ----------------------------------------------------------------------------- layout
 
 
-def _visible_masks(placed: list[_Placed], side: int) -> np.ndarray:
+def _visible_masks(placed: list[_Placed], side: int) -> Array:
     """Index map (supersampled): later objects cover earlier ones."""
     idx = np.zeros((side, side), np.uint8)
     for i, p in enumerate(placed):
@@ -164,7 +166,7 @@ def _visible_masks(placed: list[_Placed], side: int) -> np.ndarray:
     return idx
 
 
-def _layout_ok(placed: list[_Placed], idx: np.ndarray, cfg: WorldConfig, ss: int) -> bool:
+def _layout_ok(placed: list[_Placed], idx: Array, cfg: WorldConfig, ss: int) -> bool:
     gap = (cfg.min_gap * cfg.size + 1.0) * ss  # one pixel to spare: boxes are re-measured after downsampling
     dist2 = (cfg.min_distance * cfg.size * ss) ** 2
     centres = []
@@ -227,17 +229,17 @@ def _layout(cfg: WorldConfig, rng: np.random.Generator) -> list[_Placed]:
 # ----------------------------------------------------------------------------- painting
 
 
-def _smooth_noise(rng: np.random.Generator, side: int, cells: int) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, side: int, cells: int) -> Array:
     """Value noise in [-1, 1]: a coarse random grid, bilinearly enlarged."""
     grid = rng.uniform(-1, 1, (cells + 1, cells + 1)).astype(np.float32)
     img = Image.fromarray(grid, mode="F").resize((side, side), Image.Resampling.BILINEAR)
     return np.asarray(img, np.float32)
 
 
-def _background(rng: np.random.Generator, side: int) -> np.ndarray:
+def _background(rng: np.random.Generator, side: int) -> Array:
     """Desaturated, light backgrounds with gradients and textures: never as dark or as saturated as
     an object, but never flat either, so the detector must look for shapes rather than any change."""
-    def light_colour() -> np.ndarray:
+    def light_colour() -> Array:
         base = rng.uniform(125, 230)
         return np.clip(base + rng.uniform(-22, 22, 3), 0, 255).astype(np.float32)
 
@@ -271,7 +273,7 @@ def _background(rng: np.random.Generator, side: int) -> np.ndarray:
     return np.asarray(bg)
 
 
-def _paint(img: np.ndarray, p: _Placed, rng: np.random.Generator, min_period: float) -> None:
+def _paint(img: Array, p: _Placed, rng: np.random.Generator, min_period: float) -> None:
     x1, y1, x2, y2 = p.window
     colour = np.array(PALETTE[p.color], np.float32)
     yy, xx = np.mgrid[y1:y2, x1:x2].astype(np.float32)
@@ -293,7 +295,7 @@ def _paint(img: np.ndarray, p: _Placed, rng: np.random.Generator, min_period: fl
     region[p.full] = layer[p.full]
 
 
-def _finish(img: np.ndarray, cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
+def _finish(img: Array, cfg: WorldConfig, rng: np.random.Generator) -> Array:
     """Uneven lighting, a colour cast, sensor noise and JPEG: the image a camera would give."""
     side = img.shape[0]
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
@@ -305,7 +307,7 @@ def _finish(img: np.ndarray, cfg: WorldConfig, rng: np.random.Generator) -> np.n
     sigma = rng.uniform(*cfg.noise)
     if sigma > 0:
         img = img + rng.normal(0, sigma, img.shape).astype(np.float32)
-    out: np.ndarray = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    out: Array = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     if rng.uniform() < cfg.jpeg_probability:
         buf = io.BytesIO()
         quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
@@ -318,7 +320,7 @@ def _finish(img: np.ndarray, cfg: WorldConfig, rng: np.random.Generator) -> np.n
 # ----------------------------------------------------------------------------- scenes
 
 
-def _downsample_instances(idx2: np.ndarray, placed: list[_Placed], size: int, ss: int) -> np.ndarray:
+def _downsample_instances(idx2: Array, placed: list[_Placed], size: int, ss: int) -> Array:
     """An output pixel belongs to whatever covers most of it (background wins ties, then the deeper object),
     counted only inside each object's window because whole-image passes per object are the slow part."""
     best = np.zeros((size, size), np.int16)
