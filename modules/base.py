@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from program_dsl import Signature
@@ -70,6 +72,22 @@ class FunctionModule(Module):
             except ModuleError as e:
                 out.append(e)
         return out
+
+
+def files_digest(paths: Sequence[Path], *extra: str) -> str:
+    """sha256 over the files' bytes (a few MB: milliseconds) and ``extra`` (package versions, so a
+    new runtime with the same weights still gets new cache keys). A missing file hashes as its name
+    alone, so ``version`` never fails; ``load`` is where a missing file is reported."""
+    h = hashlib.sha256()
+    for s in extra:
+        h.update(s.encode() + b"\0")
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        try:
+            h.update(p.read_bytes())
+        except OSError:
+            h.update(b"missing")
+    return h.hexdigest()[:12]
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -3,7 +3,6 @@ the pool's device once, eval mode, half precision on CUDA where the module allow
 
 from __future__ import annotations
 
-import hashlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,15 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .base import Module
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from .base import Module, files_digest
 
 
 class TorchModule(Module):
@@ -47,7 +38,7 @@ class TorchModule(Module):
     def version(self) -> str:
         """The code version plus the weights' hash: new weights never serve stale cached results."""
         if self._version is None:
-            digest = file_digest(self.weights)[:12] if self.weights is not None else "untrained"
+            digest = files_digest([self.weights]) if self.weights is not None else "untrained"
             self._version = f"{self.signature.version}.{self.code_version}+{digest}"
         return self._version
 

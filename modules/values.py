@@ -67,6 +67,15 @@ class Obj:
         return self.label == other.label and all(abs(a - b) < 0.5 for a, b in zip(self.box, other.box))
 
 
+def pixel_box(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
+    """A box as whole pixels inside a w×h image, at least one pixel wide and high."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)  # noqa: RUF046 - a numpy float rounds to a float
+    x1, x2 = sorted((max(0, min(w, x1)), max(0, min(w, x2))))
+    y1, y2 = sorted((max(0, min(h, y1)), max(0, min(h, y2))))
+    # Never an empty crop: PIL would give a 0-pixel image that no later module can use.
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when either is empty."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))

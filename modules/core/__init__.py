@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from program_dsl import EVAL, EvalError, Signature, evaluate_text, param, signature
 
 from ..base import FunctionSet, Module, ModuleError, Pack
-from ..values import ImageValue, Obj, Objects
+from ..values import ImageValue, Obj, Objects, pixel_box
 
 _module = FunctionSet()
 
@@ -27,14 +27,6 @@ def exists(box: Objects) -> bool:
     return len(box) > 0
 
 
-def _clamp_box(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = (int(round(v)) for v in box)  # noqa: RUF046 - a numpy float rounds to a float
-    x1, x2 = sorted((max(0, min(w, x1)), max(0, min(w, x2))))
-    y1, y2 = sorted((max(0, min(h, y1)), max(0, min(h, y2))))
-    # Never an empty crop: PIL would give a 0-pixel image that no later module can use.
-    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
-
-
 @_module(signature("CROP", "Image", param("image", "Image"), param("box", "Objects"),
                    doc="Crop the image to the union of the boxes, slightly enlarged."))
 def crop(image: ImageValue, box: Objects) -> Image.Image:
@@ -46,7 +38,7 @@ def crop(image: ImageValue, box: Objects) -> Image.Image:
     x2 = max(o.box[2] for o in box)
     y2 = max(o.box[3] for o in box)
     mw, mh = (x2 - x1) / 4, (y2 - y1) / 4
-    return image.image.crop(_clamp_box((x1 - mw, y1 - mh, x2 + mw, y2 + mh), image.width, image.height))
+    return image.image.crop(pixel_box((x1 - mw, y1 - mh, x2 + mw, y2 + mh), image.width, image.height))
 
 
 # VisProg's spatial crops: the part of the image on one side of the best box's centre. 'In front of'
@@ -71,7 +63,7 @@ def _directional(half: str) -> Callable[[ImageValue, Objects], Image.Image]:
             "left": (0, 0, cx, h), "right": (cx, 0, w, h),
             "above": (0, 0, w, cy), "below": (0, cy, w, h),
         }[half]
-        return image.image.crop(_clamp_box(region, w, h))
+        return image.image.crop(pixel_box(region, w, h))
 
     return fn
 
@@ -141,7 +133,7 @@ def pick(box: Objects, index: int | float) -> Objects:
 def region(image: ImageValue, box: list[float], label: str) -> Objects:
     if len(box) != 4:
         raise ModuleError(f"REGION's box needs 4 numbers (x1, y1, x2, y2), got {len(box)}")
-    x1, y1, x2, y2 = _clamp_box((box[0], box[1], box[2], box[3]), image.width, image.height)
+    x1, y1, x2, y2 = pixel_box((box[0], box[1], box[2], box[3]), image.width, image.height)
     return Objects((Obj((float(x1), float(y1), float(x2), float(y2)), 1.0, label),), image.key,
                    (image.width, image.height))
 
@@ -156,7 +148,7 @@ def tag(image: ImageValue, object: Objects) -> Image.Image:  # noqa: A002 - VisP
     draw = ImageDraw.Draw(out)
     for i, o in enumerate(object):
         colour = _PALETTE[i % len(_PALETTE)]
-        x1, y1, x2, y2 = _clamp_box(o.box, out.width, out.height)
+        x1, y1, x2, y2 = pixel_box(o.box, out.width, out.height)
         draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=2)
         if o.label:
             draw.text((x1 + 3, max(0, y1 - 12)), o.label, fill=colour)

@@ -7,7 +7,6 @@ files) before it loads anything, and building the pack must stay cheap.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import threading
@@ -20,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from ..base import Module, ModuleError
+from ..base import Module, ModuleError, files_digest
 from ..values import ImageValue
 
 Mask = npt.NDArray[np.bool_]  # H×W, True on the object
@@ -50,22 +49,6 @@ def package_version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "missing"
-
-
-def files_digest(paths: Sequence[Path], *extra: str) -> str:
-    """sha256 over the files' bytes (a few MB: milliseconds) and ``extra`` (package versions, so a
-    new runtime with the same weights still gets new cache keys). A missing file hashes as its name
-    alone, so ``version`` never fails; ``load`` is where a missing file is reported."""
-    h = hashlib.sha256()
-    for s in extra:
-        h.update(s.encode() + b"\0")
-    for p in paths:
-        h.update(p.name.encode() + b"\0")
-        try:
-            h.update(p.read_bytes())
-        except OSError:
-            h.update(b"missing")
-    return h.hexdigest()[:12]
 
 
 def require_files(paths: Sequence[Path], what: str) -> None:

@@ -35,8 +35,7 @@ from PIL import Image
 from program_dsl import param, signature
 
 from ..base import FunctionModule, FunctionSet, Module, ModuleError
-from ..core import _clamp_box
-from ..values import ImageValue, Objects
+from ..values import ImageValue, Objects, pixel_box
 
 Mask = NDArray[np.bool_]
 Pixels = NDArray[np.uint8]
@@ -108,7 +107,7 @@ def _region(op: str, image: ImageValue, objects: Objects, index: int | None = No
     items = list(enumerate(objects.items))
     for i, o in items if index is None else [items[index]]:
         if o.mask is None:
-            x1, y1, x2, y2 = _clamp_box(o.box, w, h)
+            x1, y1, x2, y2 = pixel_box(o.box, w, h)
             region[y1:y2, x1:x2] = True
             continue
         mask = np.asarray(o.mask)
@@ -233,22 +232,27 @@ def _rgb(image: ImageValue) -> Pixels:
                    doc="Blur everything but the objects.", pack="photo"))
 def bgblur(image: ImageValue, object: Objects) -> Image.Image:  # noqa: A002 - VisProg's argument name
     """The background under a Gaussian blur, the objects untouched (their rim feathered)."""
-    _check_same_image("BGBLUR", image, object)
-    region = _region("BGBLUR", image, object)
-    rgb = _rgb(image)
-    bg = _background_blur(rgb, region, background_sigma(image.width, image.height))
-    return Image.fromarray(_keep_region(rgb, bg, region, feather_px(image.width, image.height)), mode="RGB")
+    return _keep_objects("BGBLUR", image, object, lambda rgb, region: _background_blur(
+        rgb, region, background_sigma(image.width, image.height)))
 
 
 @_module(signature("COLORPOP", "Image", param("image", "Image"), param("object", "Objects"),
                    doc="Keep the objects in colour, the rest in grey.", pack="photo"))
 def colorpop(image: ImageValue, object: Objects) -> Image.Image:  # noqa: A002 - VisProg's argument name
     """The objects in their colours, the rest as its luma (ITU-R 601, PIL's "L", as VisProg) in RGB."""
-    _check_same_image("COLORPOP", image, object)
-    region = _region("COLORPOP", image, object)
+    return _keep_objects("COLORPOP", image, object, lambda rgb, region: np.asarray(
+        image.image.convert("L").convert("RGB"), dtype=np.uint8))
+
+
+def _keep_objects(op: str, image: ImageValue, objects: Objects, rest: Callable[[Pixels, Mask], Pixels]
+                  ) -> Image.Image:
+    """The objects' pixels as they are, everything else from ``rest`` (the edited whole image),
+    with the seam feathered across the objects' edge."""
+    _check_same_image(op, image, objects)
+    region = _region(op, image, objects)
     rgb = _rgb(image)
-    grey = np.asarray(image.image.convert("L").convert("RGB"), dtype=np.uint8)
-    return Image.fromarray(_keep_region(rgb, grey, region, feather_px(image.width, image.height)), mode="RGB")
+    return Image.fromarray(_keep_region(rgb, rest(rgb, region), region, feather_px(image.width, image.height)),
+                           mode="RGB")
 
 
 def _redact(op: str, image: ImageValue, objects: Objects,

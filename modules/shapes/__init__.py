@@ -45,7 +45,7 @@ from PIL import Image
 
 from program_dsl import Signature, param, signature
 
-from ..base import FunctionModule, Module, ModuleError, Pack
+from ..base import FunctionModule, Module, ModuleError, Pack, files_digest
 from ..values import ImageValue, Obj, Objects
 from . import concepts as concepts_mod
 from . import domain
@@ -213,13 +213,6 @@ class _Worded(FunctionModule):
 # ----------------------------------------------------------------------------- LOC
 
 
-def _file_digest(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes())
-    return h.hexdigest()[:12]
-
-
 class Loc(Module):
     """The detector and the attribute classifier, run as one step over a batch of images."""
 
@@ -246,7 +239,7 @@ class Loc(Module):
     def version(self) -> str:
         if self._version is None:
             try:
-                digest = _file_digest(self.files)
+                digest = files_digest(self.files)
             except OSError:
                 return f"{self._code_version}-noweights"
             self._version = f"{self._code_version}-{digest}-{concepts_mod.VERSION}"
