@@ -21,7 +21,9 @@ RUN python3 -m venv /opt/nsx
 ENV PATH=/opt/nsx/bin:$PATH
 
 WORKDIR /src
-# Dependencies first, so editing code does not reinstall them.
+# Dependencies first, so editing code does not reinstall them. mediapipe requires JAX for its
+# model-conversion tools only; the legacy solutions the photo pack runs never import it
+# (tests/test_photo_locate.py checks), and it weighs ~360 MB, so it is removed.
 COPY pyproject.toml README.md ./
 RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
     && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py modules/shapes/__init__.py \
@@ -31,7 +33,8 @@ RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
          || pip install "torch==2.13.0"; \
        fi \
     && pip install . \
-    && pip uninstall -y nsx && rm -rf program_dsl modules app build *.egg-info
+    && pip uninstall -y nsx && rm -rf program_dsl modules app build *.egg-info \
+    && pip uninstall -y jax jaxlib
 COPY program_dsl ./program_dsl
 COPY modules ./modules
 COPY app ./app

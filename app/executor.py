@@ -11,11 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
-
 from modules.base import ModuleError
 from modules.pool import Pool
-from modules.values import ImageValue
+from modules.values import ImageValue, step_output
 from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, type_of
 
 from .records import StepRecord
@@ -65,8 +63,8 @@ def new_record(step: Step) -> StepRecord:
             args[name] = {"step": src.step}
         else:
             args[name] = {"input": src.name}
-    return StepRecord(id=step.id, module=step.module, pack=step.pack, version=step.version, vars=list(step.vars),
-                      args=args)
+    return StepRecord(id=step.id, module=step.module, pack=step.pack, version=step.version,
+                      route=step.route or None, vars=list(step.vars), args=args)
 
 
 @dataclass
@@ -163,6 +161,9 @@ class Executor:
                 run.on_step(rec)
 
     async def _run_step(self, run: _Run, step: Step, rec: StepRecord) -> bool:
+        if not step.pack:
+            rec.status, rec.error = "failed", step.route  # a routed call that no enabled module takes
+            return False
         deps = step.refs()
         if deps:
             results = await asyncio.gather(*(run.done[d] for d in deps))
@@ -176,7 +177,10 @@ class Executor:
         self._check_types(step, args)
         # The key needs only the inputs' keys, not their values: a step that hits never decodes
         # what it depends on, and a run where every step hits decodes nothing but its result.
-        key = step_key(f"{step.pack}.{step.module}", step.version, consts, input_keys)
+        module = self.pool.find(step.module, step.pack)
+        state = module.state() if module is not None else ""
+        key = step_key(f"{step.pack}.{step.module}", f"{step.version}+{state}" if state else step.version, consts,
+                       input_keys)
         rec.key, rec.inputs = key, input_keys
         run.keys[step.id] = key
         t0 = time.perf_counter()
@@ -259,9 +263,7 @@ class Executor:
 
     async def _compute(self, step: Step, key: str, args: dict[str, Any], cache: bool) -> _Computed:
         called = await self.pool.call(step.module, args, step.pack)
-        value = called.value
-        if isinstance(value, Image.Image):
-            value = ImageValue(value.convert("RGB"), key)
+        value = step_output(called.value, key, args.values())
         doc, artifacts = encode(value)
         persisted = True
         if cache:

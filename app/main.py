@@ -16,7 +16,7 @@ from modules.packs import PackError, load_packs
 from . import errors
 from .deps import ApiKeys
 from .metrics import Metrics
-from .routers import health, images, modules, programs, runs
+from .routers import galleries, health, images, modules, programs, runs
 from .service import make_pool, running
 from .settings import Settings
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
     )
     app.add_middleware(ApiKeys, keys=settings.key_set())
     errors.install(app)
-    for r in (health.router, programs.router, modules.router, images.router, runs.router):
+    for r in (health.router, programs.router, modules.router, images.router, runs.router, galleries.router):
         app.include_router(r)
     _document(app, runs.EXTRA_SCHEMAS)
     return app

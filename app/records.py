@@ -27,6 +27,8 @@ class StepRecord(BaseModel):
     # A default, so records written before steps named their pack still read.
     pack: str = Field("", description="the pack whose module ran the step")
     version: str = Field(description="the module's version (code and weights): part of the step's key")
+    route: str | None = Field(None, description="why this pack's module ran, when several packs offer the name "
+                                                "(the phrase decides, when the program is compiled)")
     vars: list[str] = Field(description="program variables bound to this step's output")
     args: dict[str, Any] = Field(description='constants as themselves, inputs as {"step": id} or {"input": name}')
     inputs: dict[str, str] = Field(default_factory=dict, description="argument → key of the value it received")
@@ -175,10 +177,51 @@ def linked(doc: ValueDoc) -> ValueDoc:
     cache does not depend on the API's routes; a record adds the links when it is built."""
     kind = doc.get("type")
     if kind == "image":
-        return {**doc, "url": artifact_url(doc["key"])}
+        out = {**doc, "url": artifact_url(doc["key"])}
+        if "mask_key" in doc:  # the region an edit used
+            out["mask_url"] = artifact_url(doc["mask_key"])
+        return out
     if kind == "objects" and any("mask_key" in it for it in doc["items"]):
         items = [{**it, "mask_url": artifact_url(it["mask_key"])} if "mask_key" in it else it for it in doc["items"]]
         return {**doc, "items": items}
     if kind == "list":
         return {**doc, "items": [linked(d) for d in doc["items"]]}
     return doc
+
+
+# -- galleries ---------------------------------------------------------------------------------
+
+
+class GalleryInfo(BaseModel):
+    """A gallery of named references that modules read (the photo pack's ``faces``)."""
+
+    name: str
+    doc: str
+    names: int = Field(description="how many names it holds")
+    images: int = Field(description="how many reference images, over all its names")
+
+
+class GalleryList(BaseModel):
+    galleries: list[GalleryInfo]
+
+
+class GalleryName(BaseModel):
+    name: str
+    images: int = Field(description="reference images of this name")
+    sources: list[Literal["api", "folder"]] = Field(description="where they came from: the API or NSX_GALLERY_DIR")
+
+
+class GalleryDetail(GalleryInfo):
+    digest: str = Field(description="changes with every name added or removed: part of the cache key of the modules "
+                                    "that read the gallery")
+    entries: list[GalleryName]
+
+
+class GalleryEntry(BaseModel):
+    """A reference image, added."""
+
+    gallery: str
+    name: str = Field(description="the name as the gallery keeps it (its first spelling, any case matches)")
+    image: str = Field(description='"sha256:<hex>" of the image bytes')
+    images: int = Field(description="reference images of this name now")
+    digest: str = Field(description="the gallery's digest after the change")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from modules.base import Pack
+from modules.gallery import Galleries
 from modules.pool import Pool
 
 from .executor import Executor
@@ -26,6 +28,7 @@ class Service:
     runs: RunService
     metrics: Metrics
     loading: asyncio.Task[None] | None = None
+    galleries: Galleries = field(default_factory=Galleries)
 
     @property
     def ready(self) -> bool:
@@ -46,8 +49,10 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
     runs = RunService(pool, store, executor, limits=settings.program_limits(),
                       run_limits=RunLimits(settings.run_timeout_s, settings.max_concurrent_runs, settings.run_ttl_s),
                       metrics=metrics)
-    svc = Service(settings, pool, store, runs, metrics)
-    svc.loading = asyncio.create_task(pool.start())
+    galleries = Galleries.of(pool.packs, store, max_bytes=settings.max_image_bytes,
+                             max_pixels=settings.max_image_pixels)
+    svc = Service(settings, pool, store, runs, metrics, galleries=galleries)
+    svc.loading = asyncio.create_task(_start(pool, galleries, settings.gallery_dir))
     try:
         if wait:
             await svc.loading
@@ -57,6 +62,13 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
             svc.loading.cancel()
         await pool.close()
         await store.close()
+
+
+async def _start(pool: Pool, galleries: Galleries, folder: Path | None) -> None:
+    await pool.start()
+    # Galleries after the models: embedding their images needs the same models, and /readyz waits
+    # for both, so no run meets a gallery that is still half loaded.
+    await galleries.load(folder)
 
 
 class ModulesFailed(RuntimeError):

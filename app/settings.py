@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -36,8 +38,10 @@ class Settings(BaseSettings):
     module_packs: str | None = Field(
         None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
     api_keys: str | None = Field(None, description="comma-separated keys; set → every /v1 call needs one")
+    gallery_dir: Path | None = Field(
+        None, description="galleries to load at start-up: faces/Nicole Kidman.jpg or faces/Nicole Kidman/*.jpg")
 
-    @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", mode="before")
+    @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", "gallery_dir", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v

@@ -7,9 +7,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from program_dsl import Signature
+
+from .routing import Vocabulary
+
+if TYPE_CHECKING:  # the gallery imports ModuleError from here
+    from .gallery import Gallery
 
 
 class ModuleError(Exception):
@@ -25,6 +30,8 @@ class Module(ABC):
     max_batch_size: int = 1
     cheap: bool = False
     device: str = "cpu"
+    # What it finds by a phrase, when several packs offer its name: ``modules.routing``.
+    vocabulary: Vocabulary | None = None
 
     @property
     def name(self) -> str:
@@ -37,6 +44,12 @@ class Module(ABC):
         Known before ``load`` (the pool puts it in the catalog it compiles plans with), and fixed for
         the process: a module whose weights can change must hash them here, not when it loads."""
         return self.signature.version
+
+    def state(self) -> str:
+        """What the answers depend on besides the arguments and ``version`` where that can change
+        while the process runs (a gallery of known faces: a digest of its entries); part of every
+        cache key, so a changed gallery never serves an answer computed before. Empty for most."""
+        return ""
 
     def load(self, device: str) -> None:
         """Put weights on ``device``. Called once by the pool; symbolic modules have nothing to load."""
@@ -106,21 +119,22 @@ class FunctionSet:
 
     def __init__(self, kind: type[FunctionModule] = FunctionModule) -> None:
         self.kind = kind
-        self._entries: list[tuple[Signature, Callable[..., Any]]] = []
+        self._entries: list[tuple[Signature, Callable[..., Any], type[FunctionModule]]] = []
 
-    def __call__(self, sig: Signature) -> Callable[[F], F]:
+    def __call__(self, sig: Signature, kind: type[FunctionModule] | None = None) -> Callable[[F], F]:
+        """``kind``: this one function's module class, where it differs from the set's."""
         def register(fn: F) -> F:
-            self._entries.append((sig, fn))
+            self._entries.append((sig, fn, kind or self.kind))
             return fn
 
         return register
 
     @property
     def signatures(self) -> tuple[Signature, ...]:
-        return tuple(sig for sig, _ in self._entries)
+        return tuple(sig for sig, _, _ in self._entries)
 
     def modules(self) -> list[Module]:
-        return [self.kind(sig, fn) for sig, fn in self._entries]
+        return [kind(sig, fn) for sig, fn, kind in self._entries]
 
 
 @dataclass
@@ -130,6 +144,8 @@ class Pack:
     name: str
     modules: list[Module] = field(default_factory=list)
     doc: str = ""
+    # Named reference sets its modules read (known faces); the service loads and edits them.
+    galleries: list[Gallery] = field(default_factory=list)
 
     @property
     def signatures(self) -> list[Signature]:

@@ -11,6 +11,7 @@ from program_dsl import Catalog, Signature
 
 from .base import Module, Pack
 from .catalog import DECLARED
+from .routing import Offer, Router, Vocabulary
 
 GROUP = "nsx.packs"
 log = logging.getLogger("nsx.packs")
@@ -55,8 +56,9 @@ def load_packs(enabled: Iterable[str] | None = None) -> list[Pack]:
 def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = None
                     ) -> tuple[dict[str, Module], dict[str, str]]:
     """Every module under its qualified name (``pack.NAME``), and which pack each plain name means.
-    A plain name offered by two packs is an error unless ``choose`` (NSX_MODULE_PACKS) settles it;
-    the qualified names stay usable either way."""
+    A plain name whose every offer declares a vocabulary is routed by phrase (``modules.routing``)
+    and has no default; otherwise a name offered by two packs is an error unless ``choose``
+    (NSX_MODULE_PACKS) settles it. The qualified names stay usable either way."""
     choose = dict(choose or {})
     qualified: dict[str, Module] = {}
     offered: dict[str, list[str]] = {}
@@ -71,6 +73,8 @@ def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = No
                 raise PackError(f"NSX_MODULE_PACKS picks pack {choose[name]!r} for {name}, "
                                 f"but only {', '.join(owners)} offer it")
             default[name] = f"{choose[name]}.{name}"
+        elif all(qualified[f"{o}.{name}"].vocabulary is not None for o in owners):
+            continue  # routed by phrase, even when one pack offers it: a phrase it does not know fails alike
         elif len(owners) > 1:
             raise PackError(f"module {name} is offered by packs {', '.join(repr(o) for o in owners)}: "
                             f"choose one with NSX_MODULE_PACKS={name}={owners[0]}, or call it qualified "
@@ -78,6 +82,15 @@ def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = No
         else:
             default[name] = f"{owners[0]}.{name}"
     return qualified, default
+
+
+def routed_names(qualified: Mapping[str, Module], default: Mapping[str, str]) -> dict[str, list[str]]:
+    """Plain names with no default, and the qualified names of the modules that offer each."""
+    out: dict[str, list[str]] = {}
+    for q, module in qualified.items():
+        if module.name not in default:
+            out.setdefault(module.name, []).append(q)
+    return out
 
 
 def build_catalog(packs: Iterable[Pack], choose: Mapping[str, str] | None = None) -> Catalog:
@@ -97,7 +110,19 @@ def build_catalog(packs: Iterable[Pack], choose: Mapping[str, str] | None = None
     sigs.update(own)
     for name, q in default.items():
         sigs[name] = own[q]
-    return Catalog(sigs)
+    routes: dict[str, Router] = {}
+    for name, offers in routed_names(qualified, default).items():
+        routes[name] = Router(name, [Offer(pack_of[q], own[q], _vocabulary(qualified[q])) for q in offers])
+        # A call is checked against the declared signature (every offer takes what it takes), or,
+        # for a name nothing declares, against the first offer's.
+        shared = _DECLARED.get(name, own[offers[0]])
+        sigs[name] = replace(shared, pack="|".join(pack_of[q] for q in offers), version="routed")
+    return Catalog(sigs, routes)
+
+
+def _vocabulary(module: Module) -> Vocabulary:
+    assert module.vocabulary is not None  # resolve_modules routes only modules that have one
+    return module.vocabulary
 
 
 _DECLARED = {s.name: s for s in DECLARED}

@@ -17,6 +17,7 @@ from .base import Module, ModuleError, Pack
 from .batching import Batcher, BatchHook, BatchStats, Called, QueueFull, run_forward
 from .device import resolve_device
 from .packs import build_catalog, resolve_modules
+from .routing import Router
 
 log = logging.getLogger("nsx.pool")
 
@@ -90,6 +91,11 @@ class Pool:
             return
         for qname in self.modules:
             await self._ensure_loaded(qname)
+        for route in self.catalog.routes.values():
+            if isinstance(route, Router):
+                # Off the loop: it may load the text model; until it is done a compile that needs
+                # the embedding loads it itself.
+                await asyncio.get_running_loop().run_in_executor(self._worker("cpu"), route.warm)
 
     async def _ensure_loaded(self, qname: str) -> None:
         state = self.states[qname]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -19,13 +19,33 @@ def sha256_key(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+Mask = NDArray[np.bool_]
+
+
 @dataclass(frozen=True, eq=False)
 class ImageValue:
-    """An RGB image and the key it is known by: sha256 of the uploaded bytes, or the step key that made it."""
+    """An RGB image and the key it is known by: sha256 of the uploaded bytes, or the step key that made it.
+
+    ``grid`` is the key of the pixel grid it shares: its own key for an upload or a crop, the input's
+    grid for an edit that moves no pixel (BGBLUR, EMOJI, TAG…). Boxes found on any image of a grid
+    land on the same pixels of every other, so an edit of an edit may use objects found on the
+    original; the key alone could not say so, since every edit's output has a key of its own.
+    ``region`` is the mask an edit worked on, kept as an artifact of its step for the audit trail."""
 
     nsx_type: ClassVar[Type] = IMAGE
     image: Image.Image
     key: str
+    grid: str = ""  # empty: its own key
+    region: Mask | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            object.__setattr__(self, "grid", self.key)
+
+    def edited(self, image: Image.Image, region: Mask | None = None) -> ImageValue:
+        """``image``, made from this one without moving a pixel, on this one's grid. Its key is a
+        placeholder: the executor keys every step's output by the step (``step_output``)."""
+        return ImageValue(image, f"{self.key}+edit", self.grid, region)
 
     @property
     def width(self) -> int:
@@ -87,10 +107,18 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 @dataclass(frozen=True, eq=False)
 class Objects:
+    """What a detector found in one image: the image's key and size, and the grid its pixels are on
+    (see ``ImageValue``), which tells the images the boxes may be used on."""
+
     nsx_type: ClassVar[Type] = OBJECTS
     items: tuple[Obj, ...]
     image_key: str
     image_size: tuple[int, int]  # width, height of the source image
+    grid: str = ""  # empty: image_key; the executor fills it in from the image they were found in
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            object.__setattr__(self, "grid", self.image_key)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -100,3 +128,32 @@ class Objects:
 
     def with_items(self, items: list[Obj] | tuple[Obj, ...]) -> Objects:
         return replace(self, items=tuple(items))
+
+
+def step_output(value: Any, key: str, inputs: Iterable[Any]) -> Any:
+    """A module's result as its step keeps it. An image is keyed by the step, keeping the grid its
+    module gave it (a bare PIL image, like a crop's, starts a grid of its own). Objects learn the grid
+    of the input they were found in: a detector names only that image's key, and an edit's output
+    has a key of its own but its input's grid."""
+    if isinstance(value, Image.Image):
+        return ImageValue(value.convert("RGB"), key)
+    if isinstance(value, ImageValue):
+        image = value.image if value.image.mode == "RGB" else value.image.convert("RGB")
+        return ImageValue(image, key, value.grid, value.region)
+    grids: dict[str, str] = {}
+    for v in inputs:
+        if isinstance(v, ImageValue):
+            grids.setdefault(v.key, v.grid)
+        elif isinstance(v, Objects):
+            grids.setdefault(v.image_key, v.grid)
+    return _on_grids(value, grids)
+
+
+def _on_grids(value: Any, grids: dict[str, str]) -> Any:
+    if isinstance(value, Objects):
+        grid = grids.get(value.image_key, value.grid)
+        # A grid the module set itself (objects passed through) is kept.
+        return replace(value, grid=grid) if value.grid == value.image_key != grid else value
+    if isinstance(value, list):
+        return [_on_grids(v, grids) for v in value]
+    return value

@@ -19,6 +19,9 @@ from .types import (
     Catalog,
     List,
     Param,
+    Route,
+    Routed,
+    RouteError,
     Signature,
     Type,
     join_types,
@@ -32,9 +35,9 @@ from .types import (
 __all__ = [
     "ANY", "BOOL", "BUILTINS", "DEFAULT_INPUTS", "DEFAULT_LIMITS", "EVAL", "IMAGE", "NONE", "NUMBER", "OBJECTS",
     "RESULT", "TEXT", "Catalog", "Const", "Diagnostic", "EvalError", "Input", "Limits", "List", "Param", "Plan",
-    "Program", "ProgramError", "Ref", "Signature", "Source", "Span", "Step", "Type", "as_number",
-    "canonical_const", "check", "compile_cached", "compile_program", "decode_string", "did_you_mean", "evaluate",
-    "evaluate_text", "format_expr", "format_program", "join_types", "param", "parse", "parse_expression",
+    "Program", "ProgramError", "Ref", "Route", "RouteError", "Routed", "Signature", "Source", "Span", "Step", "Type",
+    "as_number", "canonical_const", "check", "compile_cached", "compile_program", "decode_string", "did_you_mean",
+    "evaluate", "evaluate_text", "format_expr", "format_program", "join_types", "param", "parse", "parse_expression",
     "parse_type", "quote_string", "signature", "step_fingerprint", "step_key", "type_label", "type_of",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -15,7 +16,21 @@ from .formatter import format_expr, format_program
 from .parser import DEFAULT_LIMITS, Limits, parse, parse_expression
 from .plan import Const, Input, Plan, Ref, Source, Step, canonical_const, step_fingerprint
 from .strings import decode_string
-from .types import ANY, IMAGE, Catalog, List, Param, Signature, Type, join_types, param, signature, type_of
+from .types import (
+    ANY,
+    IMAGE,
+    Catalog,
+    List,
+    Param,
+    Route,
+    RouteError,
+    Signature,
+    Type,
+    join_types,
+    param,
+    signature,
+    type_of,
+)
 
 # EVAL and RESULT belong to the language itself: every catalog has them.
 EVAL = signature("EVAL", "Any", param("expr", "Text", doc="an expression; {X} stands for X's value"),
@@ -41,6 +56,7 @@ class _Compiler:
                  limits: Limits) -> None:
         self.program = program
         self.catalog = {**BUILTINS, **catalog}
+        self.routes: Mapping[str, Route] = catalog.routes if isinstance(catalog, Catalog) else {}
         self.inputs = inputs
         self.limits = limits
         self.env: dict[str, tuple[Source, Type]] = {}
@@ -98,7 +114,7 @@ class _Compiler:
             raise ProgramError(sorted(self.errors, key=lambda d: (d.line, d.column)), self.program.source)
         steps = tuple(
             Step(s["id"], s["module"], s["version"], s["pack"], s["args"], s["type"], s["fingerprint"],
-                 tuple(s["vars"]), tuple(s["spans"]))
+                 tuple(s["vars"]), tuple(s["spans"]), s["route"])
             for s in self.steps
         )
         return Plan(steps, self.result[0], self.result[1], tuple(self.used_inputs), tuple(self.warnings),
@@ -229,7 +245,24 @@ class _Compiler:
             args[p.name] = src
         if len(self.errors) > before:
             return _POISON
-        return self.add_step(sig, args, sig.returns, node.span)
+        route = self.routes.get(node.func)
+        if route is None:
+            return self.add_step(sig, args, sig.returns, node.span)
+        consts = {n: s.value for n, s in args.items() if isinstance(s, Const)}
+        try:
+            routed = route(consts)
+        except RouteError as e:
+            # A type-checked program compiles on every deployment; only running this step fails.
+            at = bound[e.param][1].span if e.param in bound else node.span
+            self.warnings.append(Diagnostic.at(at, str(e), hint=e.hint, code="route", severity="warning"))
+            return self.add_step(replace(sig, pack=""), args, sig.returns, node.span,
+                                 f"{e}; {e.hint}" if e.hint else str(e))
+        chosen = routed.signature
+        # The chosen module may take optional parameters the shared signature does not name.
+        for p in chosen.params:
+            if p.name not in args:
+                args[p.name] = Const(canonical_const(p.default))
+        return self.add_step(chosen, args, sig.returns, node.span, routed.reason)
 
     def eval_call(self, node: S.Call, bound: Bound) -> tuple[Source, Type]:
         _, value = bound["expr"]
@@ -265,7 +298,8 @@ class _Compiler:
         finally:
             self.in_eval = False
 
-    def add_step(self, sig: Signature, args: dict[str, Source], typ: Type, span: Span) -> tuple[Source, Type]:
+    def add_step(self, sig: Signature, args: dict[str, Source], typ: Type, span: Span,
+                 route: str = "") -> tuple[Source, Type]:
         def parent(step_id: str) -> str:
             fingerprint: str = self.steps[int(step_id[1:]) - 1]["fingerprint"]
             return fingerprint
@@ -274,7 +308,7 @@ class _Compiler:
         step = self.by_fp.get(fp)
         if step is None:
             step = {"id": f"s{len(self.steps) + 1}", "module": sig.name, "version": sig.version, "pack": sig.pack,
-                    "args": args, "type": typ, "fingerprint": fp, "vars": [], "spans": [span]}
+                    "args": args, "type": typ, "fingerprint": fp, "vars": [], "spans": [span], "route": route}
             self.steps.append(step)
             self.by_fp[fp] = step
         elif span not in step["spans"]:

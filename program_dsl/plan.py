@@ -83,6 +83,9 @@ class Step:
     fingerprint: str
     vars: tuple[str, ...] = ()
     spans: tuple[Span, ...] = ()
+    # Why this module of the ones offering the name (a routed call): shown in the step's record.
+    # A routed call no module takes has no pack, and this says why: running it fails with it.
+    route: str = ""
 
     def refs(self) -> list[str]:
         return [s.step for s in self.args.values() if isinstance(s, Ref)]
@@ -92,6 +95,7 @@ class Step:
             "id": self.id, "module": self.module, "version": self.version, "pack": self.pack,
             "args": {k: source_to_dict(v) for k, v in self.args.items()}, "type": str(self.type),
             "vars": list(self.vars), "spans": [vars(s) for s in self.spans], "fingerprint": self.fingerprint,
+            **({"route": self.route} if self.route else {}),
         }
 
 

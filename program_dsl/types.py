@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -156,11 +156,40 @@ def param(name: str, type: str, default: Any = REQUIRED,  # noqa: A002 - callers
     return Param(name, parse_type(type), default, tuple(choices) if choices is not None else None, doc)
 
 
+@dataclass(frozen=True)
+class Routed:
+    """Where a routed call goes: the signature of the module that runs it, and why that one."""
+
+    signature: Signature
+    reason: str
+
+
+class RouteError(Exception):
+    """No module offering the name takes these arguments; ``param`` is the argument at fault.
+    The program still compiles, as it would on a deployment with a pack that takes them: the
+    compiler warns, and the step fails with this message when it runs."""
+
+    def __init__(self, message: str, hint: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.param = param
+
+
+class Route(Protocol):
+    """Chooses, for a name several packs offer, which one runs a call, from the call's constant
+    arguments (by parameter name; an argument computed at run time is absent). Raises RouteError."""
+
+    def __call__(self, consts: Mapping[str, Any]) -> Routed: ...
+
+
 @dataclass(frozen=True, eq=False)
 class Catalog(Mapping[str, Signature]):
-    """An immutable set of signatures by name; hashed by identity so compiled plans can be memoized per catalog."""
+    """An immutable set of signatures by name; hashed by identity so compiled plans can be memoized per catalog.
+    A name in ``routes`` is offered by several modules: its signature here is what a call is checked
+    against, and the route picks the module for each call when the program is compiled."""
 
     signatures: Mapping[str, Signature] = field(default_factory=dict)
+    routes: Mapping[str, Route] = field(default_factory=dict)
 
     @classmethod
     def of(cls, signatures: Iterable[Signature]) -> Catalog:

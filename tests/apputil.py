@@ -7,6 +7,7 @@ import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
@@ -45,3 +46,13 @@ def client_for(redis_url: str | None = None, **overrides: object) -> Iterator[Te
                 raise TimeoutError("service never became ready")
             time.sleep(0.02)
         yield client
+
+
+def post_run(client: TestClient, program: str, images: dict[str, bytes] | None = None,
+             **options: object) -> dict[str, Any]:
+    """POST /v1/runs with ``images`` (name → file bytes), asserting a 200; the run record."""
+    body = {"program": program, "images": {k: b64(v) for k, v in (images or {}).items()}, "options": options}
+    r = client.post("/v1/runs", json=body)
+    assert r.status_code == 200, r.text
+    record: dict[str, Any] = r.json()
+    return record

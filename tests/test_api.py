@@ -174,7 +174,10 @@ def test_missing_pack_fails_the_run_by_name(client: TestClient) -> None:
     out = run(client, "BOX0=LOC(image=IMAGE,object='dog')\nANSWER0=COUNT(box=BOX0)\n")
     assert out["status"] == "failed"
     loc, count = out["steps"]
-    assert loc["status"] == "failed" and "'shapes' pack" in loc["error"]
+    # Only core's LOC is here, and it finds the image's halves: the step says what each pack finds.
+    assert loc["status"] == "failed" and loc["pack"] == ""
+    assert "no enabled pack finds 'dog' with LOC" in loc["error"] and "core: TOP, BOTTOM" in loc["error"]
+    assert "'hf' pack" in loc["error"]
     assert count["status"] == "skipped"
     assert "s1 (LOC) failed" in out["error"]
 
@@ -196,7 +199,7 @@ def test_check_endpoint(client: TestClient) -> None:
 def test_modules_and_health(client: TestClient) -> None:
     mods = {m["name"]: m for m in client.get("/v1/modules").json()["modules"]}
     assert mods["COUNT"]["state"] == "ready" and mods["COUNT"]["pack"] == "core"
-    assert mods["LOC"]["state"] == "unavailable" and mods["LOC"]["pack"] == "shapes"
+    assert mods["LOC"]["state"] == "ready" and mods["LOC"]["pack"] == "core"  # the halves: 'TOP', …
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     run(client, PROGRAM)

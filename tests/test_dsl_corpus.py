@@ -259,9 +259,9 @@ def test_callers_can_name_their_own_inputs() -> None:
 
 
 def test_steps_keep_module_metadata_for_the_executor() -> None:
-    plan = plan_of("VQA(CROP(IMAGE, LOC(IMAGE, 'sign')), 'what does it say?')")
+    plan = plan_of("VQA(CROP(IMAGE, SEG(IMAGE)), 'what does it say?')")
     by_module = {s.module: s for s in plan.steps}
-    assert by_module["LOC"].pack == "shapes"
+    assert by_module["SEG"].pack == "photo"
     assert by_module["VQA"].pack == "hf"
     assert all(s.version for s in plan.steps)
 

@@ -1,7 +1,9 @@
-"""The photo pack's detectors on real photos: FACEDET, SEG, OCR and READ.
+"""The photo pack's detectors on real photos: FACEDET, SEG, OCR and READ, and the detectors other
+modules call alone (find_people, find_faces, find_text_regions; find_hands in test_photo_hands).
 
 The photos ship with scikit-image (the astronaut: one face, one person; coffee: no person); the
-text is rendered with the DejaVu font matplotlib ships. Each model is loaded once per module.
+text is rendered with the DejaVu font matplotlib ships, the hands as test_photo_hands renders them.
+Each model is loaded once per module.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from skimage import data
 from modules.base import Module, ModuleError
 from modules.packs import check_declared
 from modules.photo import pack
-from modules.photo.faces import FaceDet, tiles
-from modules.photo.people import Seg
-from modules.photo.text import PPOCR, Ocr, Read
+from modules.photo.faces import FaceDet, find_faces, tiles
+from modules.photo.hands import hands_files
+from modules.photo.people import Seg, find_people, people_files
+from modules.photo.text import PPOCR, Ocr, Read, find_text_regions, text_files
 from modules.pool import Pool
-from modules.values import ImageValue, Objects, box_iou
+from modules.values import ImageValue, Obj, Objects, box_iou
+from tests.test_photo_hands import paste_hand
 
 # The astronaut's face as MediaPipe's full-range model boxes it on the whole photo (measured).
 ASTRONAUT_FACE = (173.7, 67.8, 277.6, 171.7)
@@ -84,6 +88,35 @@ def text_image(lines: list[str], size: int = 40) -> ImageValue:
     for i, line in enumerate(lines):
         draw.text((24, 30 + 80 * i), line, fill="black", font=font)
     return image(im, "sha256:text")
+
+
+def ink_box(text: str, at: tuple[int, int], size: int = 40) -> tuple[float, float, float, float]:
+    """Where PIL draws the ink of ``text`` at ``at`` in DejaVu Sans."""
+    left, top, right, bottom = ImageFont.truetype(str(FONT), size).getbbox(text)
+    return at[0] + left, at[1] + top, at[0] + right, at[1] + bottom
+
+
+def everything() -> tuple[ImageValue, dict[str, list[tuple[float, float, float, float]]]]:
+    """The astronaut with a left hand over the flag, a right hand by the shuttle and two signs
+    below them: one of each kind SEG finds, and two of the hands and of the text; where each is."""
+    canvas = Image.fromarray(data.astronaut())
+    hands = [paste_hand(canvas, 120, (10, 10), left=True)[0], paste_hand(canvas, 120, (382, 10))[0]]
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.truetype(str(FONT), 26)
+    signs = []
+    for text, at in (("EXIT 7", (8, 160)), ("LAUNCH", (396, 180))):
+        left, top, right, bottom = font.getbbox(text)
+        draw.rectangle((at[0] - 6, at[1] - 6, at[0] + right + 6, at[1] + bottom + 6), fill="white")
+        draw.text(at, text, fill="black", font=font)
+        signs.append((at[0] + left, at[1] + top, at[0] + right, at[1] + bottom))
+    return image(canvas, "sha256:everything"), {"hand": hands, "text": signs}
+
+
+def check_masks(found: Objects | list[Obj]) -> None:
+    for o in found:
+        assert o.mask is not None and o.mask.dtype == bool
+        ys, xs = np.nonzero(o.mask)
+        assert o.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)  # every box is its mask's
 
 
 # ----------------------------------------------------------------------------- FACEDET
@@ -182,6 +215,53 @@ def test_seg_splits_a_row_of_people_one_per_face(seg: Module) -> None:
     assert not np.any(np.sum([p.mask for p in people if p.mask is not None], axis=0) > 1)  # no pixel twice
 
 
+def test_seg_finds_people_faces_hands_and_text_in_that_order_each_left_to_right(seg: Module) -> None:
+    img, where = everything()
+    found = objects(seg, img)
+    labels = [o.label for o in found]
+    assert labels == ["person", "face", "hand", "hand", "text", "text"]
+    check_masks(found)
+    for label in ("hand", "text"):
+        group = [o for o in found if o.label == label]
+        assert [o.box[0] for o in group] == sorted(o.box[0] for o in group)
+        for o, box in zip(group, where[label]):
+            assert box_iou(o.box, box) > 0.5 if label == "hand" else o.box[0] <= box[0] + 2
+    hands = [o for o in found if o.label == "hand"]
+    assert [h.attributes["handedness"] for h in hands] == ["left", "right"]
+    assert all(len(h.attributes["keypoints"]) == 21 for h in hands)
+    for text, ink in zip([o for o in found if o.label == "text"], where["text"]):
+        # Around the sign's words: the detector grows each region by its area × 1.6 / its perimeter.
+        assert text.box[0] <= ink[0] + 2 and text.box[1] <= ink[1] + 2
+        assert text.box[2] >= ink[2] - 2 and text.box[3] >= ink[3] - 2
+        assert text.area < 4.0 * (ink[2] - ink[0]) * (ink[3] - ink[1])  # short words grow relatively more
+        assert 0.5 <= text.score <= 1.0 and len(text.attributes["quad"]) == 4
+    person = found.items[0]
+    assert person.mask is not None and not any(person.mask[int((y1 + y2) / 2), int((x1 + x2) / 2)]
+                                               for x1, y1, x2, y2 in where["hand"])
+
+
+def test_seg_finds_no_hand_or_text_on_the_plain_astronaut(seg: Module) -> None:
+    assert [o.label for o in objects(seg, astronaut())] == ["person", "face"]
+
+
+def test_segs_version_hashes_every_model_it_runs() -> None:
+    files = Seg().model_files()
+    assert set(people_files()) | set(hands_files()) | {text_files()[0]} == set(files)
+    assert Seg().version.startswith("2-")
+
+
+def test_people_and_faces_alone_are_segs(seg: Module) -> None:
+    found = objects(seg, astronaut())
+    people, faces = find_people(astronaut()), find_faces(astronaut())
+    assert [o.label for o in people] == ["person"] and [o.label for o in faces] == ["face"]
+    assert people[0].box == found.items[0].box and np.array_equal(people[0].mask, found.items[0].mask)
+    check_masks(people + faces)
+    # A face alone is the ellipse in FACEDET's box: SEG's, before SEG cuts it to the person.
+    assert box_iou(faces[0].box, found.items[1].box) > 0.95
+    assert faces[0].attributes["keypoints"].keys() == found.items[1].attributes["keypoints"].keys()
+    assert find_people(image(data.coffee())) == [] and find_faces(image(data.coffee())) == []
+
+
 # ----------------------------------------------------------------------------- OCR / READ
 
 
@@ -213,6 +293,29 @@ def test_no_text_reads_as_empty(ocr_pair: tuple[Module, Module]) -> None:
     blank = image(Image.new("RGB", (320, 240), (90, 140, 200)))
     assert call(read, blank) == ""
     assert len(objects(ocr, blank)) == 0
+
+
+def test_text_regions_lie_over_the_lines_and_are_ocrs_lines_unread(ocr_pair: tuple[Module, Module]) -> None:
+    ocr, _ = ocr_pair
+    img = text_image(["PURPLE ELEPHANT 42", "second line here"])
+    regions = find_text_regions(img)
+    assert [o.label for o in regions] == ["text", "text"]
+    check_masks(regions)
+    lines = objects(ocr, img)
+    for i, line in enumerate(lines):
+        ink = ink_box(line.label, (24, 30 + 80 * i))
+        region = max(regions, key=lambda r: box_iou(r.box, ink))
+        assert region.mask is not None and region.mask[int((ink[1] + ink[3]) / 2), int((ink[0] + ink[2]) / 2)]
+        assert region.box[0] <= ink[0] + 2 and region.box[2] >= ink[2] - 2
+        assert box_iou(region.box, line.box) > 0.9  # the same detection, not read
+        assert "text" not in region.attributes
+
+
+def test_no_text_regions_on_a_blank_a_cat_or_coffee() -> None:
+    # The detector's one region on the coffee photo covers four fifths of it: no line of text does.
+    assert find_text_regions(image(Image.new("RGB", (320, 240), (90, 140, 200)))) == []
+    assert find_text_regions(image(data.chelsea())) == []
+    assert find_text_regions(image(data.coffee())) == []
 
 
 # ----------------------------------------------------------------------------- the pack, through the pool

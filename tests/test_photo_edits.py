@@ -1,5 +1,6 @@
-"""The photo pack's edits (BGBLUR, COLORPOP, BLUR, PIXELATE) on real photos, with masks and boxes
-drawn here, and BGBLUR once end to end through the HTTP API."""
+"""The photo pack's edits (BGBLUR, COLORPOP, BLUR, PIXELATE, and EMOJI where it shares their
+contract) on real photos, with masks and boxes drawn here; then through the HTTP API: every edit's
+output and mask downloadable, and VisProg's chained edits, from the cache as without it."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from scipy import ndimage
 from skimage import data
 
 from app.main import create_app
+from app.records import artifact_url
 from app.settings import Settings
 from modules.base import ModuleError, Pack
 from modules.core import pack as core_pack
 from modules.packs import check_declared
-from modules.photo import edits
+from modules.photo import edits, faces
 from modules.photo.edits import bgblur as bgblur_fn
-from modules.photo.edits import blur, colorpop, feather_px, pixel_block, pixelate
-from modules.values import ImageValue, Obj, Objects
+from modules.photo.edits import blur, colorpop, cover_with_emoji, feather_px, pixel_block, pixelate
+from modules.values import ImageValue, Obj, Objects, pixel_box
 from tests.apputil import b64
 
 ASTRONAUT = data.astronaut()  # 512×512
@@ -30,7 +32,15 @@ COFFEE = data.coffee()  # 400 rows × 600 columns
 FACE = (170, 40, 260, 150)  # the astronaut's face, x1 y1 x2 y2
 F = feather_px(512, 512)
 
-Edit = Callable[[ImageValue, Objects], Image.Image]
+Edit = Callable[[ImageValue, Objects], ImageValue]
+
+
+def emoji_fn(image: ImageValue, objects: Objects) -> ImageValue:
+    return cover_with_emoji(image, objects, "grinning_face")
+
+
+EDITS = [bgblur_fn, colorpop, blur, pixelate, emoji_fn]
+EDIT_IDS = ["BGBLUR", "COLORPOP", "BLUR", "PIXELATE", "EMOJI"]
 
 
 def image(pixels: np.ndarray, key: str = "sha256:astronaut") -> ImageValue:
@@ -67,9 +77,10 @@ def outside(mask: np.ndarray, r: int) -> np.ndarray:
     return ~ndimage.binary_dilation(mask, square(r))
 
 
-def px(im: Image.Image) -> np.ndarray:
-    assert im.mode == "RGB"
-    return np.asarray(im).astype(np.int16)
+def px(im: ImageValue | Image.Image) -> np.ndarray:
+    pil = im.image if isinstance(im, ImageValue) else im
+    assert pil.mode == "RGB"
+    return np.asarray(pil).astype(np.int16)
 
 
 def detail(pixels: np.ndarray, where: np.ndarray) -> float:
@@ -82,10 +93,31 @@ def detail(pixels: np.ndarray, where: np.ndarray) -> float:
 
 def test_signatures_agree_with_visprog_and_run_off_the_event_loop() -> None:
     mods = edits.modules()
-    check_declared(Pack("photo", mods))  # raises if BGBLUR/COLORPOP differ from the declarations
-    assert {m.name for m in mods} == {"BGBLUR", "COLORPOP", "BLUR", "PIXELATE"}
+    check_declared(Pack("photo", mods))  # raises if BGBLUR/COLORPOP/EMOJI differ from the declarations
+    assert {m.name for m in mods} == {"BGBLUR", "COLORPOP", "BLUR", "PIXELATE", "EMOJI"}
     assert all(m.signature.pack == "photo" and not m.cheap for m in mods)
-    assert all([p.name for p in m.signature.params] == ["image", "object"] for m in mods)
+    assert all([p.name for p in m.signature.params][:2] == ["image", "object"] for m in mods)
+
+
+@pytest.mark.parametrize("edit", EDITS, ids=EDIT_IDS)
+def test_every_edit_keeps_the_grid_and_the_mask_it_used(edit: Edit) -> None:
+    img = image(ASTRONAUT)
+    out = edit(img, objects_in(img, Obj(FACE, label="face")))
+    assert out.grid == img.grid and out.key != img.key and out.region is not None
+    face = box_mask(FACE, (512, 512))
+    if edit is emoji_fn:  # the emoji's own outline: inside the (square) cover of the box
+        assert out.region[face].mean() > 0.7 and not out.region[outside(face, 12)].any()
+    else:
+        assert np.array_equal(out.region, face)
+
+
+def test_an_edit_of_an_edit_takes_the_objects_found_on_the_original() -> None:
+    img = image(ASTRONAUT)
+    found = objects_in(img, Obj(FACE, label="face"))
+    blurred = bgblur_fn(img, found)
+    out = pixelate(blurred, found)
+    found_on_blurred = Objects(found.items, blurred.key, (512, 512))
+    assert out.grid == img.grid and np.array_equal(px(out), px(pixelate(blurred, found_on_blurred)))
 
 
 # -- BGBLUR and COLORPOP ----------------------------------------------------------------------------
@@ -165,7 +197,7 @@ def test_redaction_changes_the_face_and_nothing_beyond_its_feather(edit: Edit) -
 
 def test_pixelate_blocks_are_uniform_over_the_face() -> None:
     img = image(ASTRONAUT)
-    out = np.asarray(pixelate(img, objects_in(img, Obj(FACE))))
+    out = px(pixelate(img, objects_in(img, Obj(FACE))))
     b = pixel_block(FACE[2] - FACE[0], FACE[3] - FACE[1])
     assert 90 // b >= 5  # ≥ 5 blocks across: coarse, not a mosaic of hundreds
     x1, y1, x2, y2 = FACE
@@ -201,7 +233,7 @@ def test_no_objects_is_an_empty_region() -> None:
         assert np.array_equal(px(redact(img, none)), ASTRONAUT)
 
 
-@pytest.mark.parametrize("edit", [bgblur_fn, colorpop, blur, pixelate], ids=["BGBLUR", "COLORPOP", "BLUR", "PIXELATE"])
+@pytest.mark.parametrize("edit", EDITS, ids=EDIT_IDS)
 def test_objects_from_another_image_are_refused(edit: Edit) -> None:
     img = image(ASTRONAUT)
     other = Objects((Obj(FACE),), "sha256:coffee", (512, 512))
@@ -227,7 +259,7 @@ def test_a_mask_of_the_wrong_shape_is_refused(edit: Edit) -> None:
 
 @pytest.fixture
 def photo_client() -> Iterator[TestClient]:
-    app = create_app(Settings(packs="core"), packs=[core_pack(), Pack("photo", edits.modules())])
+    app = create_app(Settings(packs="core"), packs=[core_pack(), Pack("photo", [*faces.modules(), *edits.modules()])])
     with TestClient(app) as client:
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:
@@ -262,3 +294,89 @@ def test_bgblur_over_http(photo_client: TestClient) -> None:
     r = photo_client.post("/v1/runs", json={"program": wrong, "images": {"IMAGE": b64(buf.getvalue())}})
     failed = next(s for s in r.json()["steps"] if s["module"] == "BGBLUR")
     assert failed["status"] == "failed" and "a crop" in str(failed), failed
+
+
+def astronaut_png() -> str:
+    buf = io.BytesIO()
+    Image.fromarray(ASTRONAUT).save(buf, format="PNG")
+    return b64(buf.getvalue())
+
+
+def run(client: TestClient, program: str, **options: object) -> dict[str, object]:
+    r = client.post("/v1/runs", json={"program": program, "images": {"IMAGE": astronaut_png()}, "options": options})
+    assert r.status_code == 200, r.text
+    record: dict[str, object] = r.json()
+    return record
+
+
+def download(client: TestClient, url: str, mode: str) -> np.ndarray:
+    r = client.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", url
+    im = Image.open(io.BytesIO(r.content))
+    assert im.format == "PNG" and im.size == (512, 512) and im.mode == mode
+    return np.asarray(im.convert("L") if mode == "1" else im)  # a 1-bit mask read as 0/255
+
+
+def mask_url(output: dict[str, str]) -> str:
+    """The link the record gives beside ``mask_key``."""
+    url = output["mask_url"]
+    assert url == artifact_url(output["mask_key"])
+    return url
+
+
+def test_every_edit_output_and_its_mask_download_over_http(photo_client: TestClient) -> None:
+    program = ("faces = FACEDET(IMAGE)\n"
+               "a = BGBLUR(IMAGE, faces)\nb = COLORPOP(IMAGE, faces)\nc = BLUR(IMAGE, faces)\n"
+               "d = PIXELATE(IMAGE, faces)\ne = EMOJI(IMAGE, faces, 'smiling_face_with_sunglasses')\n")
+    record = run(photo_client, program)
+    assert record["status"] == "succeeded", record
+    steps = {s["module"]: s for s in record["steps"]}  # type: ignore[attr-defined]
+    (face,) = steps["FACEDET"]["output"]["items"]
+    box = box_mask(pixel_box(tuple(face["box"]), 512, 512), (512, 512))
+    for module in ("BGBLUR", "COLORPOP", "BLUR", "PIXELATE", "EMOJI"):
+        out = steps[module]["output"]
+        assert out["grid"] == record["inputs"]["IMAGE"]["key"], module  # type: ignore[index]
+        pixels = download(photo_client, out["url"], "RGB").astype(np.int16)
+        mask = download(photo_client, mask_url(out), "1") > 127
+        changed = np.any(pixels != ASTRONAUT, axis=-1)
+        if module == "EMOJI":  # the mask is the emoji's outline: exactly where pixels may change
+            assert not changed[~mask].any() and changed[mask].mean() > 0.9
+            assert mask[box].mean() > 0.7
+        else:  # the region the edit kept or hid: the face's box
+            assert np.array_equal(mask, box), module
+
+
+CHAIN = ("OBJ0=FACEDET(image=IMAGE)\n"
+         "IMAGE0=BGBLUR(image=IMAGE,object=OBJ0)\n"
+         "IMAGE1=EMOJI(image=IMAGE0,object=OBJ0,emoji='smiling_face_with_sunglasses')\n"
+         "FINAL_RESULT=RESULT(var=IMAGE1)\n")
+
+
+def test_visprog_chained_edits_over_http_with_the_cache(photo_client: TestClient) -> None:
+    """EMOJI on BGBLUR's output with the faces found on the original: computed fresh, then with
+    BGBLUR and FACEDET decoded from the cache, then wholly from the cache: one answer."""
+    prefix = run(photo_client, CHAIN.split("IMAGE1=")[0])
+    assert prefix["status"] == "succeeded", prefix
+    partly, cached = run(photo_client, CHAIN), run(photo_client, CHAIN)
+    fresh = run(photo_client, CHAIN, cache=False)
+    for record in (partly, cached, fresh):
+        assert record["status"] == "succeeded", record
+    assert [s["cache"] for s in partly["steps"]] == ["hit", "hit", "miss"]  # type: ignore[index]
+    assert {s["cache"] for s in cached["steps"]} == {"hit"}  # type: ignore[attr-defined]
+    assert partly["result"] == cached["result"]
+    got = [download(photo_client, r["result"]["url"], "RGB") for r in (partly, fresh)]  # type: ignore[index]
+    assert np.array_equal(got[0], got[1])
+    # The background is BGBLUR's, the face EMOJI's.
+    steps = {s["module"]: s for s in partly["steps"]}  # type: ignore[attr-defined]
+    blurred = download(photo_client, steps["BGBLUR"]["output"]["url"], "RGB")
+    covered = download(photo_client, mask_url(steps["EMOJI"]["output"]), "1") > 127
+    assert np.array_equal(got[0][~covered], blurred[~covered]) and (got[0][covered] != blurred[covered]).any()
+
+
+def test_emoji_on_a_crop_with_the_photos_faces_is_refused_over_http(photo_client: TestClient) -> None:
+    program = ("faces = FACEDET(IMAGE)\n"
+               "c = CROP(IMAGE, faces)\n"
+               "out = EMOJI(c, faces, 'grinning_face')\n")
+    record = run(photo_client, program)
+    failed = next(s for s in record["steps"] if s["module"] == "EMOJI")  # type: ignore[attr-defined]
+    assert failed["status"] == "failed" and "a crop" in failed["error"], failed

@@ -208,7 +208,7 @@ def test_two_packs_offering_one_name() -> None:
 def test_nsx_packs_selects() -> None:
     with TestClient(create_app(Settings(packs="core"))) as client:
         names = {m["name"]: m["state"] for m in client.get("/v1/modules").json()["modules"]}
-        assert names["COUNT"] == "ready" and names["LOC"] == "unavailable"
+        assert names["COUNT"] == "ready" and names["SEG"] == "unavailable"
     with pytest.raises(PackError, match="pack 'nope' is not installed"):
         create_app(Settings(packs="core,nope"))
 

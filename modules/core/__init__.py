@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 
 from program_dsl import EVAL, EvalError, Signature, evaluate_text, param, signature
 
-from ..base import FunctionSet, Module, ModuleError, Pack
+from ..base import FunctionModule, FunctionSet, Module, ModuleError, Pack
+from ..routing import Vocabulary
 from ..values import ImageValue, Obj, Objects, pixel_box
 
 _module = FunctionSet()
@@ -27,18 +28,22 @@ def exists(box: Objects) -> bool:
     return len(box) > 0
 
 
-@_module(signature("CROP", "Image", param("image", "Image"), param("box", "Objects"),
+# Version 2: a crop is a new pixel grid, except the whole frame, which keeps the image's grid.
+@_module(signature("CROP", "Image", param("image", "Image"), param("box", "Objects"), version="2",
                    doc="Crop the image to the union of the boxes, slightly enlarged."))
-def crop(image: ImageValue, box: Objects) -> Image.Image:
+def crop(image: ImageValue, box: Objects) -> Image.Image | ImageValue:
     """The union of the boxes, enlarged by a quarter of its size each way (VisProg's context margin)."""
     if len(box) == 0:
-        return image.image
+        return image.edited(image.image)
     x1 = min(o.box[0] for o in box)
     y1 = min(o.box[1] for o in box)
     x2 = max(o.box[2] for o in box)
     y2 = max(o.box[3] for o in box)
     mw, mh = (x2 - x1) / 4, (y2 - y1) / 4
-    return image.image.crop(pixel_box((x1 - mw, y1 - mh, x2 + mw, y2 + mh), image.width, image.height))
+    window = pixel_box((x1 - mw, y1 - mh, x2 + mw, y2 + mh), image.width, image.height)
+    if window == (0, 0, image.width, image.height):
+        return image.edited(image.image)  # nothing cut: boxes found on the image still fit it
+    return image.image.crop(window)
 
 
 # VisProg's spatial crops: the part of the image on one side of the best box's centre. 'In front of'
@@ -75,8 +80,9 @@ for _name, (_words, _half) in _DIRECTIONS.items():
 
 
 def _same_image(op: str, left: Objects, right: Objects) -> None:
-    if left.image_key != right.image_key:
-        raise ModuleError(f"{op} needs objects found in the same image")
+    # The same grid, not the same key: objects found on a photo and on its edit share pixel coordinates.
+    if left.grid != right.grid:
+        raise ModuleError(f"{op} needs objects found in the same image (or in edits of it that keep its pixels)")
 
 
 @_module(signature("UNION", "Objects", param("left", "Objects"), param("right", "Objects"),
@@ -138,12 +144,40 @@ def region(image: ImageValue, box: list[float], label: str) -> Objects:
                    (image.width, image.height))
 
 
+# VisProg's LOC takes these four words as the image's halves, with no model.
+HALVES = ("TOP", "BOTTOM", "LEFT", "RIGHT")
+
+
+class GeometryLoc(FunctionModule):
+    """LOC over the image's geometry: routed to by the four phrases it knows."""
+
+    vocabulary = Vocabulary(categories=HALVES, phrases=frozenset(h.lower() for h in HALVES))
+
+
+@_module(signature("LOC", "Objects", param("image", "Image"),
+                   param("object", "Text", "object", doc="'TOP', 'BOTTOM', 'LEFT' or 'RIGHT'"),
+                   doc="The image's top, bottom, left or right half (VisProg's LOC geometry).", version="2"),
+         GeometryLoc)
+def loc(image: ImageValue, object: str) -> Objects:  # noqa: A002 - VisProg's argument name
+    w, h = image.width, image.height
+    halves = {"TOP": (0, 0, w, h // 2), "BOTTOM": (0, h // 2, w, h),
+              "LEFT": (0, 0, w // 2, h), "RIGHT": (w // 2, 0, w, h)}
+    box = halves.get(object.strip().upper())
+    if box is None:
+        raise ModuleError(f"the core pack's LOC finds only the image's halves ({', '.join(HALVES)}), not "
+                          f"'{object}': enable a pack whose LOC finds objects")
+    x1, y1, x2, y2 = box
+    return Objects((Obj((float(x1), float(y1), float(x2), float(y2)), 1.0, object.strip().upper()),), image.key,
+                   (w, h))
+
+
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
 
-@_module(signature("TAG", "Image", param("image", "Image"), param("object", "Objects"),
+# Version 2: the drawing keeps the image's pixel grid, so later edits may use the same objects.
+@_module(signature("TAG", "Image", param("image", "Image"), param("object", "Objects"), version="2",
                    doc="Draw the objects' boxes and labels."))
-def tag(image: ImageValue, object: Objects) -> Image.Image:  # noqa: A002 - VisProg's argument name
+def tag(image: ImageValue, object: Objects) -> ImageValue:  # noqa: A002 - VisProg's argument name
     out = image.image.copy()
     draw = ImageDraw.Draw(out)
     for i, o in enumerate(object):
@@ -152,7 +186,7 @@ def tag(image: ImageValue, object: Objects) -> Image.Image:  # noqa: A002 - VisP
         draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=2)
         if o.label:
             draw.text((x1 + 3, max(0, y1 - 12)), o.label, fill=colour)
-    return out
+    return image.edited(out)
 
 
 class EvalModule(Module):

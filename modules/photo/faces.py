@@ -22,10 +22,12 @@ facing the camera). No face is an empty ``Objects``, not an error.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -33,9 +35,20 @@ from program_dsl import param, signature
 
 from ..base import Module
 from ..values import ImageValue, Obj, Objects, box_iou
-from .common import RGB, CpuModel, box_containment, clamp_box, image_of, model_input, package_dir
+from .common import (
+    MIN_SIDE,
+    RGB,
+    CpuModel,
+    Mask,
+    box_containment,
+    clamp_box,
+    image_of,
+    mask_box,
+    model_input,
+    package_dir,
+)
 
-__all__ = ["FACEDET_SIG", "Face", "FaceDet", "FaceFinder", "face_files", "modules"]
+__all__ = ["FACEDET_SIG", "Face", "FaceDet", "FaceFinder", "ellipse_mask", "face_files", "find_faces", "modules"]
 
 CODE_VERSION = "1"
 FACEDET_SIG = signature("FACEDET", "Objects", param("image", "Image"),
@@ -182,6 +195,40 @@ class FaceDet(CpuModel):
         faces = [f.scaled(scale) for f in self.finder.find(rgb)]
         return Objects(tuple(face_obj(f, image.width, image.height) for f in faces), image.key,
                        (image.width, image.height))
+
+
+def ellipse_mask(box: tuple[float, float, float, float], h: int, w: int) -> Mask:
+    """The ellipse inscribed in ``box``, as a bool h×w mask: a face's shape, near enough."""
+    out = np.zeros((h, w), np.uint8)
+    x1, y1, x2, y2 = box
+    centre = (round((x1 + x2) / 2), round((y1 + y2) / 2))
+    axes = (max(1, round((x2 - x1) / 2)), max(1, round((y2 - y1) / 2)))
+    cv2.ellipse(out, centre, axes, 0, 0, 360, (1,), thickness=-1)
+    return out.astype(bool)
+
+
+# For ``find_faces``: one finder per process, and a lock, since the finder itself is not thread-safe.
+_SHARED = FaceFinder()
+_SHARED_LOCK = threading.Lock()
+
+
+def find_faces(image: ImageValue) -> list[Obj]:
+    """FACEDET's faces, left to right, each with a mask of the ellipse in its box (and ``box`` that
+    mask's bounding box, as SEG gives a face no person was found under): for a caller that wants the
+    faces alone, without SEG's people. An empty list when there is none or the image is too small."""
+    if min(image.width, image.height) < MIN_SIDE:
+        return []
+    rgb, scale = model_input(image)
+    with _SHARED_LOCK:
+        faces = _SHARED.find(rgb)
+    out = []
+    for f in faces:
+        face = face_obj(f.scaled(scale), image.width, image.height)
+        mask = ellipse_mask(face.box, image.height, image.width)
+        box = mask_box(mask)
+        if box is not None:
+            out.append(Obj(box, face.score, "face", face.attributes, mask))
+    return out
 
 
 def modules() -> list[Module]:

@@ -1,4 +1,6 @@
-"""SEG: people and their faces on real photos, each with a mask, from three MediaPipe models.
+"""SEG: the people on a real photo, their faces, hands and text regions, each with a mask.
+
+People and faces come from three MediaPipe models:
 
 - Selfie segmentation gives a foreground mask that covers every person, but it is not a person
   detector: it also marks a coffee cup or a cat (measured: 23% of ``coffee``, 91% of ``chelsea``).
@@ -18,16 +20,35 @@ and no pose is dropped (several people seen from behind count as at most one); p
 of the other split badly; a share smaller than two face boxes is dropped as a sliver; a face too
 small or too odd for the segmenter still comes back, as a face without a person.
 
-Objects come back people first, then faces, each left to right. A person is labelled ``person``
-with ``score`` = its face's detector score (Pose's mean mask confidence for a pose-only person)
-and ``attributes["evidence"]`` (``face`` and/or ``pose``); a face is labelled ``face`` with its
-detector score and keypoints and a mask of the ellipse in its box, cut to the people's mask when
-that keeps at least half of it. Every mask is bool H×W over the source image and every box is its
-mask's bounding box. No person and no face is an empty ``Objects``.
+Hands come from MediaPipe Hands (``hands.HandFinder``): on the whole image, and on its tiles (for
+small hands) only where a person was found, so a photo without people costs one hand-model call,
+not ten; a large hand with no person found is still returned. Text regions come from PP-OCR's
+detector alone (``text.find_text_regions``: not reading is 2–5× faster on an image with text).
+
+Cost, on the 512×512 astronaut (a busy 2-core machine; medians of 5): ~100 ms for people and faces
+alone (SEG before hands and text), ~270–430 ms with them: the hand model on the whole image and
+nine tiles ~90 ms, the text detector 45–170 ms.
+
+Objects come back people first, then faces, then hands, then text regions, each group left to
+right (by the box's left edge):
+
+- ``person``: ``score`` its face's detector score (Pose's mean mask confidence for a pose-only
+  person), ``attributes["evidence"]`` (``face`` and/or ``pose``);
+- ``face``: the detector's score and ``attributes["keypoints"]``, and a mask of the ellipse in its
+  box, cut to the people's mask when that keeps at least half of it;
+- ``hand``: the handedness score, ``attributes`` ``{"handedness", "keypoints"}`` (the person's own
+  left or right hand; 21 landmarks), a mask of the landmarks' hull, grown a little;
+- ``text``: the detector's score, ``attributes["quad"]`` (four corners, clockwise from top left)
+  and a mask of that quadrilateral, filled.
+
+Every mask is bool H×W over the source image and every box is its mask's bounding box. Nothing found
+is an empty ``Objects``. Separately: ``find_people`` here, ``faces.find_faces``, ``hands.find_hands``
+and ``text.find_text_regions`` each run one detector alone.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +62,18 @@ from program_dsl import param, signature
 
 from ..base import Module
 from ..values import ImageValue, Obj, Objects
-from .common import RGB, Confidence, CpuModel, Mask, image_of, mask_box, model_input, package_dir
-from .faces import Face, FaceFinder, face_files
+from . import text
+from .common import MIN_SIDE, RGB, Confidence, CpuModel, Mask, image_of, mask_box, model_input, package_dir
+from .faces import Face, FaceFinder, ellipse_mask, face_files
+from .hands import hand_obj, hands_files, shared_hand_finder
 
-__all__ = ["SEG_SIG", "Seg", "modules", "people_files"]
+__all__ = ["SEG_SIG", "PeopleFinder", "Seg", "find_people", "modules", "people_files", "seg_files",
+           "shared_people_finder"]
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 SEG_SIG = signature("SEG", "Objects", param("image", "Image"),
-                    doc="Segment the people (one object each, with a mask) and their faces.", pack="photo")
+                    doc="Segment the people (one object each, with a mask), their faces and hands, and the text.",
+                    pack="photo")
 
 MASK_THRESHOLD = 0.5
 MIN_REGION = 0.001  # of the image: smaller foreground specks are the segmenter's noise
@@ -72,20 +97,16 @@ def people_files() -> list[Path]:
     ]
 
 
+def seg_files() -> list[Path]:
+    """Every model file SEG runs: the people's, the hands' and PP-OCR's text detector."""
+    return [*people_files(), *hands_files(), text.text_files()[0]]
+
+
 @dataclass
 class _Person:
     mask: Mask  # model-input pixels
     evidence: list[str]
     score: float
-
-
-def _ellipse(box: tuple[float, float, float, float], h: int, w: int) -> Mask:
-    out = np.zeros((h, w), np.uint8)
-    x1, y1, x2, y2 = box
-    centre = (round((x1 + x2) / 2), round((y1 + y2) / 2))
-    axes = (max(1, round((x2 - x1) / 2)), max(1, round((y2 - y1) / 2)))
-    cv2.ellipse(out, centre, axes, 0, 0, 360, (1,), thickness=-1)
-    return out.astype(bool)
 
 
 def _centre(f: Face) -> tuple[float, float]:
@@ -152,7 +173,7 @@ def resolve(claims: list[Mask], faces: list[Face | None]) -> list[Mask]:
     return out
 
 
-def find_people(rgb: RGB, foreground: Mask, faces: list[Face],
+def split_people(rgb: RGB, foreground: Mask, faces: list[Face],
                 segment: Callable[[RGB], Confidence], pose_mask: Mask | None,
                 pose_nose: tuple[float, float] | None, pose_score: float = 1.0) -> list[_Person]:
     """One person per face on the foreground, plus the pose person if no face is theirs."""
@@ -216,80 +237,148 @@ def _to_source(mask: Mask, size: tuple[int, int]) -> Mask:
     return np.asarray(scaled) > 127
 
 
-class Seg(CpuModel):
-    """SEG on MediaPipe (selfie segmentation, pose, face detection), CPU only (see ``CpuModel``)."""
-
-    code_version = CODE_VERSION
-    packages = ("mediapipe",)
+class PeopleFinder:
+    """Selfie segmentation, Pose and the tiled face finder, loaded once (on first use or ``open``),
+    one image at a time under its own lock: MediaPipe's graphs keep per-stream state and are not
+    thread-safe, and SEG and ``find_people`` share one finder."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.signature = SEG_SIG
         self.faces = FaceFinder()
         self._selfie: Any = None
         self._pose: Any = None
+        self._lock = threading.Lock()
 
-    def model_files(self) -> list[Path]:
-        return people_files()
+    def open(self) -> None:
+        with self._lock:
+            if self._selfie is not None:
+                return
+            from mediapipe.python.solutions import pose, selfie_segmentation
 
-    def _open(self) -> None:
-        from mediapipe.python.solutions import pose, selfie_segmentation
-
-        self.faces.open()
-        # The general model (256×256), not the landscape one: photos are not video calls.
-        self._selfie = selfie_segmentation.SelfieSegmentation(model_selection=0)
-        # static_image_mode: every call is a new photo, not the next frame of a tracked video.
-        self._pose = pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True,
-                               min_detection_confidence=0.5)
-
-    def warmup(self) -> None:
-        self.forward([{"image": ImageValue(Image.new("RGB", (256, 256), (128, 128, 128)), "sha256:warmup")}])
+            self.faces.open()
+            # The general model (256×256), not the landscape one: photos are not video calls.
+            self._selfie = selfie_segmentation.SelfieSegmentation(model_selection=0)
+            # static_image_mode: every call is a new photo, not the next frame of a tracked video.
+            self._pose = pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True,
+                                   min_detection_confidence=0.5)
 
     def _segment(self, rgb: RGB) -> Confidence:
         return np.asarray(self._selfie.process(rgb).segmentation_mask, np.float32)
 
+    def find(self, rgb: RGB) -> tuple[list[_Person], list[Face]]:
+        """The people (masks in ``rgb``'s pixels) and every face, in ``rgb``'s pixels."""
+        if self._selfie is None:
+            self.open()
+        h, w = rgb.shape[:2]
+        with self._lock:
+            foreground = self._segment(rgb) > MASK_THRESHOLD
+            faces = self.faces.find(rgb)
+            posed = self._pose.process(rgb)
+            pose_mask = nose = None
+            pose_score = 0.0
+            if posed.pose_landmarks is not None and posed.segmentation_mask is not None:
+                pose_conf = np.asarray(posed.segmentation_mask, np.float32)
+                pose_mask = pose_conf > MASK_THRESHOLD
+                pose_score = float(pose_conf[pose_mask].mean()) if pose_mask.any() else 0.0
+                landmark = posed.pose_landmarks.landmark[0]
+                if landmark.visibility > 0.5:
+                    nose = (landmark.x * w, landmark.y * h)
+            people = split_people(rgb, foreground, faces, self._segment, pose_mask, nose, pose_score)
+        return people, faces
+
+
+_SHARED = PeopleFinder()
+
+
+def shared_people_finder() -> PeopleFinder:
+    """The process's one ``PeopleFinder``, which SEG and ``find_people`` share (one load, one lock)."""
+    return _SHARED
+
+
+def _left_to_right(items: list[Obj]) -> list[Obj]:
+    return sorted(items, key=lambda o: o.box[0])
+
+
+def person_objects(people: list[_Person], size: tuple[int, int]) -> list[Obj]:
+    """The people as SEG returns them, left to right; ``size`` is the source image's (w, h)."""
+    items = []
+    for p in people:
+        mask = _to_source(p.mask, size)
+        box = mask_box(mask)
+        if box is not None:
+            items.append(Obj(box, round(p.score, 4), "person", {"evidence": p.evidence}, mask))
+    return _left_to_right(items)
+
+
+def face_objects(faces: list[Face], people: list[_Person], rgb: RGB, scale: float, size: tuple[int, int]) -> list[Obj]:
+    """SEG's faces, left to right: each an ellipse, cut to the people's mask where that keeps at
+    least half of it (the module doc); ``faces`` and ``people`` in the pixels of ``rgb``, the model
+    input, which ``scale`` maps to the source image of ``size``."""
+    h, w = rgb.shape[:2]
+    anyone = np.zeros((h, w), bool)
+    for p in people:
+        anyone |= p.mask
+    items = []
+    for f in faces:
+        ellipse = ellipse_mask(f.box, h, w)
+        cut = ellipse & anyone
+        mask = _to_source(cut if cut.sum() >= 0.5 * ellipse.sum() else ellipse, size)
+        box = mask_box(mask)
+        if box is not None:
+            points = {k: [round(x * scale, 1), round(y * scale, 1)] for k, (x, y) in f.keypoints.items()}
+            items.append(Obj(box, round(f.score, 4), "face", {"keypoints": points}, mask))
+    return _left_to_right(items)
+
+
+def find_people(image: ImageValue) -> list[Obj]:
+    """SEG's ``person`` objects alone, left to right (faces are found, as evidence, but not
+    returned); an empty list when there is none or the image is too small to hold one."""
+    if min(image.width, image.height) < MIN_SIDE:
+        return []
+    rgb, _ = model_input(image)
+    people, _ = _SHARED.find(rgb)
+    return person_objects(people, (image.width, image.height))
+
+
+class Seg(CpuModel):
+    """SEG on MediaPipe (selfie segmentation, pose, face detection, hands) and PP-OCR's text
+    detector, CPU only (see ``CpuModel``). The models are the process's shared finders, so a LOC that
+    finds faces, people, hands or text alone loads nothing twice."""
+
+    code_version = CODE_VERSION
+    packages = ("mediapipe", "rapidocr", "onnxruntime")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signature = SEG_SIG
+        self.people = shared_people_finder()
+        self.hands = shared_hand_finder()
+        self.text = text.shared_engine()
+
+    def model_files(self) -> list[Path]:
+        return seg_files()
+
+    def _open(self) -> None:
+        self.people.open()
+        self.hands.open()
+        self.text.open()
+
+    def warmup(self) -> None:
+        self.forward([{"image": ImageValue(Image.new("RGB", (256, 256), (128, 128, 128)), "sha256:warmup")}])
+
     def _one(self, args: dict[str, Any]) -> Objects:
         image = image_of(args, "SEG")
         rgb, scale = model_input(image)
-        h, w = rgb.shape[:2]
-        confidence = self._segment(rgb)
-        foreground = confidence > MASK_THRESHOLD
-        faces = self.faces.find(rgb)
-        posed = self._pose.process(rgb)
-        pose_mask = nose = None
-        pose_score = 0.0
-        if posed.pose_landmarks is not None and posed.segmentation_mask is not None:
-            pose_conf = np.asarray(posed.segmentation_mask, np.float32)
-            pose_mask = pose_conf > MASK_THRESHOLD
-            pose_score = float(pose_conf[pose_mask].mean()) if pose_mask.any() else 0.0
-            landmark = posed.pose_landmarks.landmark[0]
-            if landmark.visibility > 0.5:
-                nose = (landmark.x * w, landmark.y * h)
-        people = find_people(rgb, foreground, faces, self._segment, pose_mask, nose, pose_score)
-
         size = (image.width, image.height)
-        items: list[Obj] = []
-        for p in people:
-            mask = _to_source(p.mask, size)
-            box = mask_box(mask)
-            if box is not None:
-                items.append(Obj(box, round(p.score, 4), "person",
-                                 {"evidence": p.evidence}, mask))
-        anyone = np.zeros((h, w), bool)
+        people, faces = self.people.find(rgb)
+        anyone = np.zeros(rgb.shape[:2], bool)
         for p in people:
             anyone |= p.mask
-        face_items: list[Obj] = []
-        for f in faces:
-            ellipse = _ellipse(f.box, h, w)
-            cut = ellipse & anyone
-            mask = _to_source(cut if cut.sum() >= 0.5 * ellipse.sum() else ellipse, size)
-            box = mask_box(mask)
-            if box is not None:
-                points = {k: [round(x * scale, 1), round(y * scale, 1)] for k, (x, y) in f.keypoints.items()}
-                face_items.append(Obj(box, round(f.score, 4), "face", {"keypoints": points}, mask))
-        items.sort(key=lambda o: o.box[0])
-        face_items.sort(key=lambda o: o.box[0])
-        return Objects(tuple(items + face_items), image.key, size)
+        # Small hands are looked for (on tiles) only where the people are: SEG's hands are theirs,
+        # and a photo with no person costs one hand-model call, not ten.
+        hands = (hand_obj(h.moved(0, 0, scale), *size) for h in self.hands.find(rgb, anyone))
+        items = [*person_objects(people, size), *face_objects(faces, people, rgb, scale, size),
+                 *_left_to_right([o for o in hands if o is not None]), *self.text.regions(image, "SEG")]
+        return Objects(tuple(items), image.key, size)
 
 
 def modules() -> list[Module]:

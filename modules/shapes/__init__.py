@@ -46,19 +46,21 @@ from PIL import Image
 from program_dsl import Signature, param, signature
 
 from ..base import FunctionModule, Module, ModuleError, Pack, files_digest
+from ..routing import Vocabulary
 from ..values import ImageValue, Obj, Objects
 from . import concepts as concepts_mod
 from . import domain
 from .files import ATTRIBUTES_FILE, DETECTOR_FILE, WEIGHTS, weight_files
-from .vocab import ATTRIBUTE_NAMES, ATTRIBUTES, RELATIONS, label
+from .vocab import ATTRIBUTE_NAMES, ATTRIBUTES, RELATIONS, SHAPES, label
 
 if TYPE_CHECKING:
     from . import nets as nets_mod
     from .nets import AttributeNet, Detector
 
 __all__ = [
-    "ATTRIBUTES", "ATTRIBUTES_FILE", "ATTRIBUTE_NAMES", "DETECTOR_FILE", "LOC_SIG", "LOC_VERSION", "RELATIONS",
-    "WEIGHTS", "Loc", "filter_", "most_likely", "pack", "query", "relate", "same", "select", "unique", "values_of",
+    "ATTRIBUTES", "ATTRIBUTES_FILE", "ATTRIBUTE_NAMES", "DETECTOR_FILE", "LOC_SIG", "LOC_VERSION", "LOC_VOCABULARY",
+    "RELATIONS", "WEIGHTS", "Loc", "filter_", "most_likely", "pack", "query", "relate", "same", "select", "unique",
+    "values_of",
 ]
 
 CODE_VERSION = "1"
@@ -71,6 +73,13 @@ _OBJECT_DOC = "what to find: a phrase of attribute words ('large red circle', 'b
 LOC_SIG = signature(
     "LOC", "Objects", param("image", "Image"), param("object", "Text", "object", doc=_OBJECT_DOC),
     doc="Find the objects a phrase describes, with a probability for every attribute value.", pack="shapes")
+# What routing (``modules.routing``) sends here: phrases made of the world's words, their anchors
+# ('ball', 'cube') and generic words ('object', 'things').
+LOC_VOCABULARY = Vocabulary(
+    categories=("object", *SHAPES),
+    words=frozenset([*concepts_mod.EXACT, *(w for ws in concepts_mod.ANCHORS.values() for w in ws),
+                     *concepts_mod.GENERIC]),
+    ignored=concepts_mod.STOPWORDS)
 FILTER_SIG = signature(
     "FILTER", "Objects", param("box", "Objects"),
     param("value", "Text", doc="attribute words the objects must have ('red', 'large striped')"),
@@ -218,6 +227,7 @@ class Loc(Module):
 
     batchable = True
     max_batch_size = 16
+    vocabulary = LOC_VOCABULARY
 
     def __init__(self, weights: Path = WEIGHTS, mapper: concepts_mod.Concepts | None = None,
                  limits: domain.Limits | None = domain.LIMITS) -> None:

