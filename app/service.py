@@ -52,6 +52,7 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
     galleries = Galleries.of(pool.packs, store, max_bytes=settings.max_image_bytes,
                              max_pixels=settings.max_image_pixels)
     svc = Service(settings, pool, store, runs, metrics, galleries=galleries)
+    galleries.expect_load()
     svc.loading = asyncio.create_task(_start(pool, galleries, settings.gallery_dir))
     try:
         if wait:
@@ -65,10 +66,13 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
 
 
 async def _start(pool: Pool, galleries: Galleries, folder: Path | None) -> None:
-    await pool.start()
     # Galleries after the models: embedding their images needs the same models, and /readyz waits
-    # for both, so no run meets a gallery that is still half loaded.
-    await galleries.load(folder)
+    # for both, so no run meets a gallery that is still half loaded. Loaded even when a model
+    # fails, since writes to the galleries wait for it.
+    try:
+        await pool.start()
+    finally:
+        await galleries.load(folder)
 
 
 class ModulesFailed(RuntimeError):

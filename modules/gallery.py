@@ -62,14 +62,20 @@ class GalleryError(ModuleError):
     """A name or reference image a gallery cannot use; the message says what to fix."""
 
 
-def clean_name(name: str) -> str:
+def clean_name(name: str, reserved: frozenset[str] = frozenset()) -> str:
     """``name`` as a gallery keeps it: spaces trimmed and collapsed; refused when empty, too long,
-    or holding a character that would make it impossible to ask for."""
+    only dots (a URL path cannot name it), one of the ``reserved`` words (lower case) the modules
+    read otherwise, or holding a character that would make it impossible to ask for."""
     text = " ".join(str(name).split())
     if not text:
         raise GalleryError("the name is empty; give the person's name, e.g. name=Nicole Kidman")
     if len(text) > MAX_NAME:
         raise GalleryError(f"the name is {len(text)} characters long; at most {MAX_NAME} are allowed")
+    if not text.strip("."):
+        raise GalleryError(f"the name {text!r} is only dots; give the person's name")
+    if text.casefold() in reserved:
+        raise GalleryError(f"the name {text!r} is a word the modules already read (a query for {text!r} "
+                           f"means that, not a person); give the person's name")
     for ch in text:
         if ch in _FORBIDDEN:
             raise GalleryError(f"the name {text!r} contains {_FORBIDDEN[ch]}; leave it out")
@@ -110,9 +116,11 @@ class Gallery:
     """Named reference embeddings, several per name; names are matched case-insensitively and
     shown as first written. Thread-safe: the API adds on a thread while modules read on theirs."""
 
-    def __init__(self, name: str, embed: Embed, *, model: Callable[[], str], doc: str = "") -> None:
+    def __init__(self, name: str, embed: Embed, *, model: Callable[[], str], doc: str = "",
+                 reserved: Iterable[str] = ()) -> None:
         self.name = name
         self.doc = doc
+        self.reserved = frozenset(w.casefold() for w in reserved)
         self._embed = embed
         self._model = model
         self._lock = threading.Lock()
@@ -185,7 +193,7 @@ class Gallery:
     def add(self, name: str, image: ImageValue, *, source: Source = "api", file: str | None = None) -> Entry:
         """Embed ``image`` as one more image of ``name``; the same image twice is one entry.
         Blocking: call it off the event loop."""
-        name = clean_name(name)
+        name = clean_name(name, self.reserved)
         vector = self.embed(image)
         return self.insert(Entry(name, image.key, vector, source, self.model, file))
 
@@ -303,6 +311,17 @@ class Galleries(Mapping[str, Gallery]):
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self._writing: asyncio.Lock | None = None
+        # Set while ``load`` has yet to run: a write before it would save a gallery without the
+        # stored names over the stored names.
+        self._loaded: asyncio.Event | None = None
+
+    def expect_load(self) -> None:
+        """Make writes wait until ``load`` has run (the service calls it before starting up)."""
+        self._loaded = asyncio.Event()
+
+    async def _until_loaded(self) -> None:
+        if self._loaded is not None:
+            await self._loaded.wait()
 
     @classmethod
     def of(cls, packs: Iterable[Pack], shelf: Shelf | None = None, **limits: int) -> Galleries:
@@ -330,6 +349,7 @@ class Galleries(Mapping[str, Gallery]):
 
     async def add(self, gallery: str, name: str, image: ImageValue) -> Entry:
         """Embed on a thread, then keep the entry and a copy of its image in the store."""
+        await self._until_loaded()
         g = self._by_name[gallery]
         entry = await asyncio.to_thread(g.add, name, image)
         if self.shelf is not None:
@@ -340,6 +360,7 @@ class Galleries(Mapping[str, Gallery]):
 
     async def remove(self, gallery: str, name: str) -> list[Entry]:
         """Every image of ``name`` (KeyError when there is none)."""
+        await self._until_loaded()
         g = self._by_name[gallery]
         gone = g.remove(name)
         if self.shelf is not None:
@@ -361,7 +382,14 @@ class Galleries(Mapping[str, Gallery]):
 
     async def load(self, folder: Path | None = None) -> None:
         """The API's entries from the store, then the folder's images; problems are logged and
-        skipped, never fatal."""
+        skipped, never fatal. Writes waiting for it go ahead once it is done."""
+        try:
+            await self._load(folder)
+        finally:
+            if self._loaded is not None:
+                self._loaded.set()
+
+    async def _load(self, folder: Path | None) -> None:
         for g in self._by_name.values():
             try:
                 if self.shelf is not None:

@@ -31,7 +31,11 @@ from program_dsl import Routed, RouteError, Signature
 from .words import Anchors
 
 THRESHOLD = 0.55  # as the shapes pack's own word matcher: below it a word means nothing it knows
-_WORD = re.compile(r"[a-z0-9][a-z0-9\-']*")
+# A phrase with more unknown words than this is not matched by embedding at all: each costs a
+# forward of the text model at compile time, and a phrase that long is no category name.
+MAX_NEAR_WORDS = 4
+# Words of any script; a possessive ('man's') is the word itself.
+_WORD = re.compile(r"[^\W_](?:[\w\-]*[^\W_])?")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Vocabulary:
 
 
 def words_of(text: str) -> list[str]:
-    return _WORD.findall(text)
+    return _WORD.findall(re.sub(r"['’]s\b", "", text))
 
 
 @dataclass
@@ -97,11 +101,12 @@ class Router:
     def __call__(self, consts: Mapping[str, Any]) -> Routed:
         phrase = consts.get(self.param)
         if not isinstance(phrase, str):
+            qualified = " or ".join(f"{o.pack}.{self.name}" for o in self.offers)
             raise RouteError(
                 f"{self.name}'s '{self.param}' must be written as text here: packs "
                 f"{', '.join(o.pack for o in self.offers)} offer {self.name}, and the phrase decides which runs",
-                hint=f"write the phrase as a string, or call one pack's {self.name} "
-                     f"({self.offers[0].pack}.{self.name})", param=self.param)
+                hint=f"write the phrase as a string, or call one pack's {self.name} by name ({qualified})",
+                param=self.param)
         exact = [(o, why) for o in self.offers if not o.vocabulary.open
                  for why in [o.vocabulary.exact(phrase)] if why is not None]
         if exact:
@@ -124,12 +129,12 @@ class Router:
         best: tuple[float, Offer, str] | None = None
         for offer in self.offers:
             vocab = offer.vocabulary
-            unknown = vocab.unknown(phrase)
-            if vocab.open or not vocab.near or not vocab.words or not unknown:
+            unknown = list(dict.fromkeys(vocab.unknown(phrase)))
+            if vocab.open or not vocab.near or not vocab.words or not unknown or len(unknown) > MAX_NEAR_WORDS:
                 continue
             weakest: tuple[float, str] | None = None
-            for w in unknown:
-                (anchor, sim), = offer.anchors.rank(w)[:1]
+            for w, ranked in offer.anchors.rank_many(unknown).items():
+                anchor, sim = ranked[0]
                 if weakest is None or sim < weakest[0]:
                     weakest = (sim, f"'{w}' is nearest its '{anchor}' (similarity {sim:.2f})")
             assert weakest is not None

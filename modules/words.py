@@ -98,19 +98,29 @@ class Anchors(Generic[K]):
 
     def rank(self, word: str) -> list[tuple[K, float]]:
         """Every meaning with its similarity to ``word`` (cosine, at most 1), best first."""
+        return self.rank_many([word])[word]
+
+    def rank_many(self, words: Sequence[str]) -> dict[str, list[tuple[K, float]]]:
+        """``rank`` of each word; the words not seen recently are embedded in one batch."""
+        out: dict[str, list[tuple[K, float]]] = {}
         with self._lock:
-            hit = self._seen.get(word)
-            if hit is not None:
-                self._seen.move_to_end(word)
-                return hit
-        vecs = self._anchor_vectors()
-        sims = (vecs @ self.model.encode([word])[0]).tolist()
-        best: dict[K, float] = {}
-        for key, s in zip(self._keys, sims):
-            best[key] = max(best.get(key, -1.0), float(s))
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])
-        with self._lock:
-            self._seen[word] = ranked
-            while len(self._seen) > self._memo:
-                self._seen.popitem(last=False)
-        return ranked
+            for w in words:
+                hit = self._seen.get(w)
+                if hit is not None:
+                    self._seen.move_to_end(w)
+                    out[w] = hit
+        todo = list(dict.fromkeys(w for w in words if w not in out))
+        if todo:
+            vecs = self._anchor_vectors()
+            sims = (self.model.encode(todo) @ vecs.T).tolist()
+            for w, row in zip(todo, sims):
+                best: dict[K, float] = {}
+                for key, s in zip(self._keys, row):
+                    best[key] = max(best.get(key, -1.0), float(s))
+                out[w] = sorted(best.items(), key=lambda kv: -kv[1])
+            with self._lock:
+                for w in todo:
+                    self._seen[w] = out[w]
+                while len(self._seen) > self._memo:
+                    self._seen.popitem(last=False)
+        return out

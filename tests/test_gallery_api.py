@@ -159,14 +159,20 @@ def _two_faces() -> bytes:
     ({"name": "Empty"}, {"image": ("e.jpg", b"")}, ["the image is empty"]),
     ({"name": "  "}, {"image": ("f.jpg", REFERENCE)}, ["the name is empty"]),
     ({"name": "Ada, Alan"}, {"image": ("f.jpg", REFERENCE)}, ["a comma"]),
+    ({"name": ".."}, {"image": ("f.jpg", REFERENCE)}, ["only dots"]),
+    ({"name": "Face"}, {"image": ("f.jpg", REFERENCE)}, ["a word the modules already read"]),
+    ({"name": "people"}, {"image": ("f.jpg", REFERENCE)}, ["a word the modules already read"]),
     ({}, {"image": ("f.jpg", REFERENCE)}, ["no 'name' field"]),
     ({"name": "Ada"}, {"photo": ("f.jpg", REFERENCE)}, ["needs one 'image' file, got no 'image' field"]),
     ({"name": "Ada", "image": "not a file"}, {"x": ("f.jpg", b"x")}, ["needs one 'image' file, got 'image' as text"]),
-], ids=["no-face", "two-faces", "undecodable", "empty-image", "empty-name", "comma", "no-name", "no-image",
-        "image-as-text"])
+], ids=["no-face", "two-faces", "undecodable", "empty-image", "empty-name", "comma", "dots", "reserved-face",
+        "reserved-people", "no-name", "no-image", "image-as-text"])
 def test_what_cannot_be_added_is_422_saying_what_to_fix(client: TestClient, form: dict, files: dict,
                                                         phrases: list[str]) -> None:
-    refused(client.post("/v1/galleries/faces", data=form, files=files), 422, *phrases)
+    r = client.post("/v1/galleries/faces", data=form, files=files)
+    refused(r, 422, *phrases)
+    if "name" in phrases[0] or "dots" in phrases[0] or "word" in phrases[0]:
+        assert "photo" not in r.json()["errors"][0].get("hint", "")  # a name's error says nothing of faces
     assert client.get("/v1/galleries/faces").json()["entries"] == []
 
 

@@ -311,6 +311,18 @@ def test_text_regions_lie_over_the_lines_and_are_ocrs_lines_unread(ocr_pair: tup
         assert "text" not in region.attributes
 
 
+def test_past_the_mask_budget_text_regions_keep_their_boxes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modules.photo.text as text_mod
+
+    img = text_image(["PURPLE ELEPHANT 42", "second line here"])
+    masked = find_text_regions(img)
+    monkeypatch.setattr(text_mod, "MASK_BUDGET", 1)  # a page of small print on a large scan
+    plain = find_text_regions(img)
+    assert [o.mask for o in plain] == [None, None]
+    for a, b in zip(masked, plain):
+        assert box_iou(a.box, b.box) > 0.95 and a.attributes["quad"] == b.attributes["quad"]
+
+
 def test_no_text_regions_on_a_blank_a_cat_or_coffee() -> None:
     # The detector's one region on the coffee photo covers four fifths of it: no line of text does.
     assert find_text_regions(image(Image.new("RGB", (320, 240), (90, 140, 200)))) == []

@@ -7,6 +7,7 @@ one collage at other scales and mirrored, so no face there is a copy of a refere
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -434,3 +435,27 @@ async def test_entries_of_another_model_are_embedded_again_from_the_kept_copy(kn
     assert entry.model == known.embedder.version and entry.name == EILEEN
     # Embedded from the stored copy (a JPEG of the same pixels): the same face, near enough.
     assert float(np.linalg.norm(entry.vector - old.entries()[0].vector)) < 0.1
+
+
+async def test_writes_before_the_stored_gallery_is_loaded_wait_for_it(known: Known) -> None:
+    # A write during start-up must not save a gallery without the stored names over them.
+    store = MemoryStore()
+    await Galleries([fresh(known)], store).add("faces", EILEEN, reference())
+    restarted = fresh(known)
+    book = Galleries([restarted], store)
+    book.expect_load()
+    adding = asyncio.create_task(book.add("faces", GRACE, reference()))
+    await asyncio.sleep(0.05)
+    assert not adding.done()  # waiting for the load
+    await book.load()
+    await adding
+    again = fresh(known)
+    await Galleries([again], store).load()
+    assert set(again.names()) == {EILEEN, GRACE}
+
+
+@pytest.mark.parametrize("query", [",,,", " , "])
+def test_select_without_a_name_says_so(known: Known, query: str) -> None:
+    found = Objects((), "sha256:astronaut", (512, 512))
+    with pytest.raises(ModuleError, match="SELECT needs a query"):
+        call(known.select, image=astronaut(), object=found, query=query, category=None)

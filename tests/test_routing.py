@@ -17,7 +17,7 @@ from app.settings import Settings
 from modules.base import Module, Pack
 from modules.core import pack as core_pack
 from modules.packs import PackError, build_catalog, load_packs
-from modules.routing import Vocabulary
+from modules.routing import Router, Vocabulary, words_of
 from modules.shapes.tools.world import ObjectSpec, compose
 from modules.values import Obj, Objects
 from program_dsl import Catalog, compile_program, signature
@@ -48,6 +48,22 @@ def test_a_phrase_goes_to_the_pack_that_knows_it(catalog: Catalog, phrase: str, 
     assert step.pack == pack and why in step.route and step.route.startswith(f"{pack}: ")
     assert not plan.warnings
     assert step.to_dict()["route"] == step.route
+
+
+def test_a_long_phrase_of_unknown_words_is_not_embedded(catalog: Catalog) -> None:
+    # Each unknown word would cost a forward of the text model at compile time: past a few the
+    # phrase is no category name, and it is refused without one.
+    phrase = " ".join(f"zq{i}xv" for i in range(200))
+    step, plan = loc_step(catalog, phrase)
+    assert step.pack == "" and plan.warnings[0].code == "route"
+    router = catalog.routes["LOC"]
+    assert isinstance(router, Router)
+    assert all("zq1xv" not in offer.anchors._seen for offer in router.offers)
+
+
+def test_possessives_and_accents_are_words() -> None:
+    assert words_of("the man’s café") == ["the", "man", "café"]
+    assert words_of("a person's hand") == ["a", "person", "hand"]
 
 
 def test_the_default_phrase_is_routed_too(catalog: Catalog) -> None:

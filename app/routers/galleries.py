@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from modules.base import ModuleError
-from modules.gallery import Gallery
+from modules.gallery import Gallery, GalleryError, clean_name
 
 from ..deps import service
 from ..errors import ApiError, responses
@@ -116,6 +116,10 @@ async def add_to_gallery(gallery: str, request: Request, svc: Service = Depends(
     g = _gallery(svc, gallery)
     settings = svc.settings
     name, data = await _form(request, settings.max_image_bytes, gallery)
+    try:
+        name = clean_name(name, g.reserved)
+    except GalleryError as e:
+        raise ApiError(422, str(e), hint=_hint(gallery)) from None
     if not data:
         raise ApiError(422, "the image is empty", hint=_hint(gallery))
     image, _ = decode_image(data, settings, "the image")

@@ -481,9 +481,10 @@ class Select(_Identity):
         objects = _objects(args, "SELECT")
         threshold = _threshold(args, "SELECT")
         query = args.get("query")
-        if not isinstance(query, str) or not query.strip():
+        parts = [p.strip() for p in query.split(",") if p.strip()] if isinstance(query, str) else []
+        if not parts:
             raise ModuleError("SELECT needs a query: a name, or several separated by commas ('man', 'Ada, text')")
-        meanings = [(p.strip(), self._meaning(p.strip())) for p in query.split(",") if p.strip()]
+        meanings = [(p, self._meaning(p)) for p in parts]
         items = objects.items
         category = args.get("category")
         candidates = (self._narrow(items, category) if isinstance(category, str) and category.strip()
@@ -593,6 +594,9 @@ class Classify(_Identity):
         pairs: list[tuple[float, int, str, str]] = []  # distance, individual, as written, gallery name
         for k, (w, v) in enumerate(zip(known, vecs)):
             per = _per_name(labels, refs, v)
+            if any(name not in per for _, name in categories):
+                # The gallery changed between reading the categories and its vectors.
+                raise ModuleError("CLASSIFY: the faces gallery changed while this step ran; run it again")
             nearest = min(per, key=lambda n: per[n])
             out[w.index] = _with(items[w.index],
                                  distances={written: round(per[name], 4) for written, name in categories},
@@ -618,5 +622,6 @@ def build() -> tuple[list[Module], Gallery]:
     """The three modules and the gallery they read, sharing one embedder."""
     embedder = FaceEmbedder()
     gallery = Gallery(GALLERY, embedder.reference, model=lambda: embedder.version,
-                      doc="Known faces: named reference photos for SELECT, CLASSIFY (dlib 128-d embeddings).")
+                      doc="Known faces: named reference photos for SELECT, CLASSIFY (dlib 128-d embeddings).",
+                      reserved=PERSON_WORDS | _PLAIN | FACE_WORDS | HAND_WORDS | TEXT_WORDS)
     return [FaceMatch(embedder), Select(embedder, gallery), Classify(embedder, gallery)], gallery

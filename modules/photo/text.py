@@ -14,7 +14,9 @@ to bottom, pieces left to right. Right-to-left scripts and columns of text are n
 ``find_text_regions(image) -> list[Obj]`` (SEG's text) runs the detector alone: one object per
 detected line, labelled ``text``, with the detector's score (its mean text probability inside the
 region, at least 0.5), ``attributes["quad"]`` and a mask of the quadrilateral filled; ``box`` is the
-mask's bounding box; left to right. A region at least half the image wide and half its height is
+mask's bounding box; left to right. Masks are full-image arrays, so past ``MASK_BUDGET`` (a page
+of small print on a large scan: 180 lines of 12 MP would take 2 GB) the regions come without masks,
+their box the quadrilateral's. A region at least half the image wide and half its height is
 dropped: no line of text is, and the detector returns one such for the ``coffee`` photo (score 0.69;
 the recogniser reads it as "8" with 0.89, so OCR keeps it). Not reading is 2–5× faster where there
 is text (two rendered lines, 640×240: 28–67 ms against 121–248 ms, medians over runs on a busy
@@ -43,7 +45,7 @@ from program_dsl import param, signature
 
 from ..base import Module, ModuleError
 from ..values import ImageValue, Obj, Objects
-from .common import MIN_SIDE, CpuModel, clamp_box, image_of, mask_box, package_dir
+from .common import MIN_SIDE, CpuModel, Mask, clamp_box, image_of, mask_box, package_dir
 
 __all__ = ["OCR_SIG", "PPOCR", "READ_SIG", "Ocr", "Read", "find_text_regions", "modules", "reading_order",
            "shared_engine", "text_files"]
@@ -59,6 +61,7 @@ DET_MAX_SIDE = 960
 MIN_SCORE = 0.5
 ROW_OVERLAP = 0.5  # of the smaller line's height, for two lines to be one row
 MAX_REGION_SIDES = 0.5  # of the image's width and height: a region larger in both is not a line
+MASK_BUDGET = 256 * 2**20  # bytes of text-region masks per image (one byte per pixel per region)
 
 
 def text_files() -> list[Path]:
@@ -126,17 +129,19 @@ class PPOCR:
         if result.boxes is None or result.scores is None:
             return []
         W, H = image.width, image.height
+        quads = [(np.clip(corners, 0, [W, H]), score)
+                 for corners, score in zip(np.asarray(result.boxes, np.float64), result.scores)]
+        quads = [(q, sc) for q, sc in quads
+                 if not (np.ptp(q[:, 0]) >= MAX_REGION_SIDES * W and np.ptp(q[:, 1]) >= MAX_REGION_SIDES * H)]
+        # A page of small print has hundreds of lines, and every mask is the whole image: past a
+        # budget the regions keep their box and quadrilateral only (edits then use the box).
+        with_masks = len(quads) * W * H <= MASK_BUDGET
         out = []
-        for corners, score in zip(np.asarray(result.boxes, np.float64), result.scores):
-            quad = np.clip(corners, 0, [W, H])
-            if np.ptp(quad[:, 0]) >= MAX_REGION_SIDES * W and np.ptp(quad[:, 1]) >= MAX_REGION_SIDES * H:
-                continue
-            filled = np.zeros((H, W), np.uint8)
-            cv2.fillPoly(filled, [quad.round().astype(np.int32)], (1,))
-            mask = filled.astype(bool)
-            box = mask_box(mask)
+        for quad, score in quads:
+            corners_px = [[round(float(x), 1), round(float(y), 1)] for x, y in quad]
+            mask = _quad_mask(quad, W, H) if with_masks else None
+            box = mask_box(mask) if mask is not None else _quad_box(quad, W, H)
             if box is not None:
-                corners_px = [[round(float(x), 1), round(float(y), 1)] for x, y in quad]
                 out.append(Obj(box, round(float(score), 4), "text", {"quad": corners_px}, mask))
         return sorted(out, key=lambda o: o.box[0])
 
@@ -160,6 +165,28 @@ class PPOCR:
 
 
 _SHARED = PPOCR()
+
+
+def _quad_mask(quad: Any, width: int, height: int) -> Mask:
+    """The filled quadrilateral as a bool mask over the image, drawn in its own window only."""
+    mask = np.zeros((height, width), bool)
+    x0, y0 = (int(v) for v in np.floor(quad.min(axis=0)))
+    x1, y1 = (int(v) + 1 for v in np.ceil(quad.max(axis=0)))
+    x1, y1 = min(x1, width), min(y1, height)
+    if x1 <= x0 or y1 <= y0:
+        return mask
+    window = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(window, [(quad - [x0, y0]).round().astype(np.int32)], (1,))
+    mask[y0:y1, x0:x1] = window.astype(bool)
+    return mask
+
+
+def _quad_box(quad: Any, width: int, height: int) -> tuple[float, float, float, float] | None:
+    x0, y0 = (float(v) for v in quad.min(axis=0))
+    x1, y1 = (float(v) for v in quad.max(axis=0))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return x0, y0, min(x1, float(width)), min(y1, float(height))
 
 
 def shared_engine() -> PPOCR:
