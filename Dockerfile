@@ -23,7 +23,8 @@ ENV PATH=/opt/nsx/bin:$PATH
 WORKDIR /src
 # Dependencies first, so editing code does not reinstall them. mediapipe requires JAX for its
 # model-conversion tools only; the legacy solutions the photo pack runs never import it
-# (tests/test_photo_locate.py checks), and it weighs ~360 MB, so it is removed.
+# (tests/test_photo_locate.py checks), and it weighs ~360 MB, so it is removed; so is dlib's
+# 68-point landmark model (100 MB), which the photo pack does not read (it uses the 5-point one).
 COPY pyproject.toml README.md ./
 RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
     && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py modules/shapes/__init__.py \
@@ -34,7 +35,8 @@ RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
        fi \
     && pip install . \
     && pip uninstall -y nsx && rm -rf program_dsl modules app build *.egg-info \
-    && pip uninstall -y jax jaxlib
+    && pip uninstall -y jax jaxlib \
+    && find /opt/nsx -name shape_predictor_68_face_landmarks.dat -delete
 COPY program_dsl ./program_dsl
 COPY modules ./modules
 COPY app ./app

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from modules.batching import BatchStats
+from modules.pool import MemoryRow
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -46,6 +51,11 @@ class Metrics:
             self.queue_wait.labels(stats.module).observe(wait)
         self.compute.labels(stats.module).observe(stats.compute_s)
 
+    def watch_memory(self, report: Callable[[], list[MemoryRow]]) -> None:
+        """Module memory read from ``report`` (``Pool.memory``) at every scrape: loads and unloads happen
+        between scrapes, and a gauge set at those moments could be left stale by a missed event."""
+        self.registry.register(_ModuleMemory(report))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -67,3 +77,28 @@ class Metrics:
             self._step_counters[(module, outcome)] = counters
         for counter in counters:
             counter.inc()
+
+
+class _ModuleMemory(Collector):
+    def __init__(self, report: Callable[[], list[MemoryRow]]) -> None:
+        self.report = report
+
+    def describe(self) -> Iterator[Metric]:
+        # Names up front, so the registry refuses a clash with another metric at registration.
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.report())
+
+    @staticmethod
+    def _families(rows: list[MemoryRow] | None = None) -> Iterator[Metric]:
+        memory = GaugeMetricFamily("nsx_module_memory_bytes", "Bytes a module's weights take on its device now "
+                                   "(0 when unloaded); modules sharing one model each show all of it",
+                                   labels=["module", "device"])
+        unloads = CounterMetricFamily("nsx_module_unloads", "Times a module was unloaded to fit a device's "
+                                      "memory budget", labels=["module", "device"])
+        for row in rows or []:
+            memory.add_metric([row.module, row.device], row.bytes)
+            unloads.add_metric([row.module, row.device], row.unloads)
+        yield memory
+        yield unloads

@@ -130,13 +130,17 @@ class ModuleInfo(BaseModel):
     name: str
     pack: str
     version: str
-    state: Literal["pending", "loading", "ready", "failed", "unavailable"]
+    state: Literal["pending", "loading", "ready", "failed", "unloading", "unloaded", "unavailable"]
     signature: dict[str, Any]
     qualified: str | None = None
     device: str | None = None
     load_ms: float | None = None
     error: str | None = None
     parameters: int | None = None
+    memory_bytes: int | None = Field(
+        None, description="bytes its weights take on its device now: 0 when unloaded or symbolic; modules "
+                          "sharing one model (DEPTH, DEPTH_OF) each show the whole of it")
+    unloads: int | None = Field(None, description="times it was unloaded to make room under a device's memory budget")
     default: bool | None = None
     batching: dict[str, Any] | None = None
 
@@ -160,7 +164,8 @@ class Readiness(BaseModel):
     status: Literal["ready", "loading"]
     store: str
     store_available: bool
-    modules: dict[str, str] = Field(description="qualified module name → pending | loading | ready | failed")
+    modules: dict[str, str] = Field(
+        description="qualified module name → pending | loading | ready | failed | unloading | unloaded")
 
 
 # -- links -------------------------------------------------------------------------------------

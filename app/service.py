@@ -36,7 +36,9 @@ class Service:
 
 
 def make_pool(settings: Settings, packs: Sequence[Pack], metrics: Metrics) -> Pool:
-    return Pool(packs, settings.pool_config(), on_batch=metrics.observe_batch)
+    pool = Pool(packs, settings.pool_config(), on_batch=metrics.observe_batch)
+    metrics.watch_memory(pool.memory)
+    return pool
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modules.device import parse_device_memory, parse_module_devices
 from modules.pool import PoolConfig
 from program_dsl import Limits
 
@@ -37,14 +38,33 @@ class Settings(BaseSettings):
     lazy_load: bool = Field(False, description="load models on first use instead of at start-up")
     module_packs: str | None = Field(
         None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
+    module_devices: str | None = Field(
+        None, description="which device a module runs on, e.g. LOC=cuda:0,hf.VQA=cuda:1; unset → NSX_DEVICE "
+                          "(models spread by size over several visible GPUs)")
+    device_memory_mb: str | None = Field(
+        None, description="memory budget per device in MB, e.g. cuda:0=10000; beyond it idle modules are "
+                          "unloaded, least recently used first; unset → no budget")
     api_keys: str | None = Field(None, description="comma-separated keys; set → every /v1 call needs one")
     gallery_dir: Path | None = Field(
         None, description="galleries to load at start-up: faces/Nicole Kidman.jpg or faces/Nicole Kidman/*.jpg")
 
-    @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", "gallery_dir", mode="before")
+    @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", "gallery_dir",
+                     "module_devices", "device_memory_mb", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("module_devices")
+    @classmethod
+    def _placement_parses(cls, v: str | None) -> str | None:
+        parse_module_devices(v)  # a typo stops start-up, naming the item, rather than a request later
+        return v
+
+    @field_validator("device_memory_mb")
+    @classmethod
+    def _budgets_parse(cls, v: str | None) -> str | None:
+        parse_device_memory(v)
+        return v
 
     def pack_list(self) -> list[str] | None:
         return [p.strip() for p in self.packs.split(",") if p.strip()] if self.packs else None
@@ -63,7 +83,9 @@ class Settings(BaseSettings):
     def pool_config(self) -> PoolConfig:
         return PoolConfig(device=self.device, batching=self.batching, max_batch_size=self.max_batch_size,
                           max_wait_ms=self.batch_wait_ms, max_queue=self.max_queue, lazy=self.lazy_load,
-                          choose=self.module_choices(), strict=self.packs is not None)
+                          choose=self.module_choices(), strict=self.packs is not None,
+                          module_devices=parse_module_devices(self.module_devices),
+                          device_memory=parse_device_memory(self.device_memory_mb))
 
     def key_set(self) -> set[str]:
         return {k.strip() for k in self.api_keys.split(",") if k.strip()} if self.api_keys else set()

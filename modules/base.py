@@ -63,6 +63,26 @@ class Module(ABC):
         """Run once on a dummy input so the first request does not pay for lazy initialisation."""
         return None  # most modules have nothing to warm
 
+    def memory_bytes(self) -> int:
+        """Bytes its weights take on its device now (0 when not loaded, or symbolic)."""
+        return 0
+
+    def expected_bytes(self) -> int:
+        """What ``memory_bytes`` will be once loaded on ``self.device``, known before loading (from the
+        weight files' sizes), so the pool can make room under a device's memory budget first and
+        spread models across devices by size. 0: unknown, or nothing to load."""
+        return 0
+
+    def memory_group(self) -> str:
+        """Modules returning the same non-empty string share one copy of their weights per device
+        (one model behind several names): the pool counts that copy once and unloads them together."""
+        return ""
+
+    def unload(self) -> None:
+        """Give back what ``load`` took, so another module fits on the device; the pool calls ``load``
+        again before the next call. A module that reports ``memory_bytes`` must free it here."""
+        return None  # symbolic modules hold nothing
+
     @abstractmethod
     def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
         """One result (or an Exception instance, failing just that item) per argument dict."""

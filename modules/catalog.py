@@ -31,6 +31,9 @@ DECLARED: tuple[Signature, ...] = (
               doc="A list of names for a query, from a language model.", pack="hf"),
     signature("CLASSIFY", "Objects", param("image", "Image"), param("object", "Objects"),
               param("categories", "List[Text]"), doc="Label each object with one of the categories.", pack="hf"),
+    signature("CAPTION", "Text", param("image", "Image"), doc="Describe the image in a sentence.", pack="hf"),
+    signature("DEPTH", "Image", param("image", "Image"),
+              doc="The image's depth map (nearer is brighter).", pack="hf"),
 )
 
 

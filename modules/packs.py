@@ -57,8 +57,9 @@ def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = No
                     ) -> tuple[dict[str, Module], dict[str, str]]:
     """Every module under its qualified name (``pack.NAME``), and which pack each plain name means.
     A plain name whose every offer declares a vocabulary is routed by phrase (``modules.routing``)
-    and has no default; otherwise a name offered by two packs is an error unless ``choose``
-    (NSX_MODULE_PACKS) settles it. The qualified names stay usable either way."""
+    and has no default; otherwise a name offered by two packs means the pack its declaration names
+    (``catalog.DECLARED``: SEG and SELECT the photo pack's, CLASSIFY and VQA the hf pack's), else it
+    is an error unless ``choose`` (NSX_MODULE_PACKS) settles it. The qualified names stay usable."""
     choose = dict(choose or {})
     qualified: dict[str, Module] = {}
     offered: dict[str, list[str]] = {}
@@ -76,6 +77,11 @@ def resolve_modules(packs: Iterable[Pack], choose: Mapping[str, str] | None = No
         elif all(qualified[f"{o}.{name}"].vocabulary is not None for o in owners):
             continue  # routed by phrase, even when one pack offers it: a phrase it does not know fails alike
         elif len(owners) > 1:
+            declared = _DECLARED.get(name)
+            if declared is not None and declared.pack in owners:
+                # VisProg's names: the pack the declaration names runs them; the others are qualified.
+                default[name] = f"{declared.pack}.{name}"
+                continue
             raise PackError(f"module {name} is offered by packs {', '.join(repr(o) for o in owners)}: "
                             f"choose one with NSX_MODULE_PACKS={name}={owners[0]}, or call it qualified "
                             f"({owners[0]}.{name})")
@@ -116,7 +122,15 @@ def build_catalog(packs: Iterable[Pack], choose: Mapping[str, str] | None = None
         # A call is checked against the declared signature (every offer takes what it takes), or,
         # for a name nothing declares, against the first offer's.
         shared = _DECLARED.get(name, own[offers[0]])
-        sigs[name] = replace(shared, pack="|".join(pack_of[q] for q in offers), version="routed")
+        # Optional parameters some offers add (hf LOC's threshold) are accepted here; the compiler
+        # refuses one the module the phrase goes to does not take.
+        extra = [p for q in offers for p in own[q].params[len(shared.params):] if not p.required]
+        params = list(shared.params)
+        for p in extra:
+            if all(p.name != have.name for have in params):
+                params.append(p)
+        sigs[name] = replace(shared, params=tuple(params), pack="|".join(pack_of[q] for q in offers),
+                             version="routed")
     return Catalog(sigs, routes)
 
 

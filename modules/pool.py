@@ -1,21 +1,33 @@
 """The pool: every enabled module loaded once onto its device and kept there; calls run off the
-event loop on one worker per device, and batchable modules merge concurrent calls into one forward."""
+event loop on one worker per device, and batchable modules merge concurrent calls into one forward.
+
+Placement: each module goes where ``NSX_MODULE_DEVICES`` puts it (by name, or pack-qualified), else on
+the pool's device; with ``NSX_DEVICE=auto|cuda``, several CUDA devices visible and no mapping for a
+module, models with weights are spread across the devices by size (``device.spread``). Symbolic
+(``cheap``) modules always run on the event loop.
+
+Memory: with a budget for a device (``NSX_DEVICE_MEMORY_MB``), a module about to load there first
+unloads the least recently used idle modules on that device until its size fits (its measured size
+after an earlier load, else ``expected_bytes``). A module with calls queued or running is never
+unloaded; an unloaded one loads again on its next call. Loads on a budgeted device are serialised,
+so two loads never both count the same free bytes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from program_dsl import Catalog, Plan
 
 from .base import Module, ModuleError, Pack
 from .batching import Batcher, BatchHook, BatchStats, Called, QueueFull, run_forward
-from .device import resolve_device
+from .device import PlacementError, canonical, check_present, cuda_count, resolve_device, spread
 from .packs import build_catalog, resolve_modules
 from .routing import Router
 
@@ -38,14 +50,33 @@ class PoolConfig:
     # True when packs were named explicitly (NSX_PACKS): then a module that fails to load keeps the
     # service unready. By default a module that cannot load here is reported and left out.
     strict: bool = False
+    # Module name (plain or pack-qualified) → device; unnamed modules go on ``device`` or are spread.
+    module_devices: Mapping[str, str] = field(default_factory=dict)
+    # Device → memory budget in bytes; a device without one loads whatever it is asked to.
+    device_memory: Mapping[str, int] = field(default_factory=dict)
+
+
+class MemoryRow(NamedTuple):
+    module: str  # qualified: two packs' LOC may sit on different devices
+    device: str
+    bytes: int
+    unloads: int
+
+
+# States in which a module answers calls (an unloaded one after loading again).
+SERVING = ("ready", "unloading", "unloaded")
 
 
 @dataclass
 class ModuleState:
     pack: str
-    state: str = "pending"  # pending | loading | ready | failed
+    state: str = "pending"  # pending | loading | ready | failed | unloading | unloaded
     load_ms: float = 0.0
     error: str | None = None
+    inflight: int = 0  # calls queued or running: while > 0 the module is not idle, never unloaded
+    last_used: float = 0.0  # time.monotonic() of its last call starting or ending: the LRU order
+    size: int = 0  # memory_bytes measured at its last load (0: never loaded, or holds nothing)
+    unloads: int = 0
 
 
 class Pool:
@@ -58,21 +89,72 @@ class Pool:
         self.catalog: Catalog = build_catalog(self.packs, self.config.choose)
         self.states = {q: ModuleState(q.split(".", 1)[0]) for q in self.modules}
         self.on_batch = on_batch
+        self.placement = self._place()
+        for qname, module in self.modules.items():
+            module.device = self.placement[qname]
+        self.budgets = {check_present(d, f"NSX_DEVICE_MEMORY_MB ({d})"): b
+                        for d, b in self.config.device_memory.items()}
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._batchers: dict[str, Batcher] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
+        self._device_locks: dict[str, asyncio.Lock] = {}
         for qname, module in self.modules.items():
             if module.batchable and self.config.batching:
                 size = self.config.max_batch_size or module.max_batch_size
-                self._batchers[qname] = Batcher(module, self._worker(self._device_for(module)), max_batch_size=size,
+                self._batchers[qname] = Batcher(module, self._worker(self.placement[qname]), max_batch_size=size,
                                                 max_wait_ms=self.config.max_wait_ms, max_queue=self.config.max_queue,
                                                 on_batch=on_batch)
 
-    def _device_for(self, module: Module) -> str:
-        return "cpu" if module.cheap else self.device
+    def _place(self) -> dict[str, str]:
+        """Every module's device: named ones where NSX_MODULE_DEVICES says (a qualified name wins over
+        a plain one), the rest on the pool's device, or spread by size over several CUDA devices."""
+        mapping = self.config.module_devices
+        for name, device in mapping.items():
+            if name in self.modules or any(m.name == name for m in self.modules.values()):
+                check_present(device, f"NSX_MODULE_DEVICES ({name}={device})")
+            elif name.rpartition(".")[2] in self.catalog or name in self.catalog:
+                # Declared, or offered by a pack that is not enabled here: the setting may serve
+                # another deployment's packs, so it is not an error.
+                log.warning("NSX_MODULE_DEVICES places %s, which no enabled pack here runs", name)
+            else:
+                raise PlacementError(f"NSX_MODULE_DEVICES ({name}={device}): no module is called {name!r}")
+        out: dict[str, str] = {}
+        unplaced: list[str] = []
+        for qname, module in self.modules.items():
+            named = mapping.get(qname) or mapping.get(module.name)
+            if module.cheap:
+                out[qname] = "cpu"  # runs on the event loop whatever a mapping says
+            elif named is not None:
+                out[qname] = named
+            else:
+                out[qname] = self.device
+                unplaced.append(qname)
+        count = cuda_count() if self.device.startswith("cuda") else 0
+        if self.config.device.lower() in ("auto", "cuda") and count >= 2 and unplaced:
+            devices = [f"cuda:{i}" for i in range(count)]
+            for qname in unplaced:
+                self.modules[qname].device = devices[0]  # sizes as on CUDA: in half precision where allowed
+            units: dict[str, int] = {}
+            for qname in unplaced:
+                unit = self.modules[qname].memory_group() or qname
+                units[unit] = max(units.get(unit, 0), self.modules[qname].expected_bytes())
+            pinned: dict[tuple[str, str], int] = {}  # (weights, device) → bytes: a shared copy once
+            for qname, device in out.items():
+                if qname not in unplaced and device.startswith("cuda"):
+                    self.modules[qname].device = device
+                    key = (self.modules[qname].memory_group() or qname, canonical(device))
+                    pinned[key] = max(pinned.get(key, 0), self.modules[qname].expected_bytes())
+            already: dict[str, int] = {}
+            for (_, device), size in pinned.items():
+                already[device] = already.get(device, 0) + size
+            placed = spread({u: b for u, b in units.items() if b > 0}, devices, already)
+            for qname in unplaced:
+                out[qname] = placed.get(self.modules[qname].memory_group() or qname, self.device)
+        return out
 
     def _worker(self, device: str) -> ThreadPoolExecutor:
         # One worker per device: kernels on one device queue there anyway, and the loop stays free.
+        device = canonical(device)
         if device not in self._workers:
             self._workers[device] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nsx-{device}")
         return self._workers[device]
@@ -83,7 +165,7 @@ class Pool:
         counted = [s for s in self.states.values() if self.config.strict or s.state != "failed"]
         if self.config.lazy:
             return all(s.state != "failed" for s in counted)
-        return all(s.state == "ready" for s in counted)
+        return all(s.state in SERVING for s in counted)
 
     async def start(self) -> None:
         """Load and warm every module (unless lazy); one that fails is marked failed, not fatal."""
@@ -106,22 +188,116 @@ class Pool:
             if state.state in ("ready", "failed"):
                 return
             module = self.modules[qname]
-            state.state = "loading"
-            t0 = time.perf_counter()
-            try:
-                device = self._device_for(module)
-                await asyncio.get_running_loop().run_in_executor(self._worker(device), self._load, module, device)
-                state.state = "ready"
-            except Exception as e:
-                log.exception("module %s failed to load", qname)
-                state.state, state.error = "failed", f"{type(e).__name__}: {e}"
-            state.load_ms = (time.perf_counter() - t0) * 1000
+            device = self.placement[qname]
+            budgeted = canonical(device) in self.budgets
+            guard = self._device_locks.setdefault(canonical(device), asyncio.Lock()) if budgeted else None
+            async with guard or contextlib.nullcontext():
+                if budgeted:
+                    await self._make_room(qname, device)
+                state.state = "loading"
+                t0 = time.perf_counter()
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self._worker(device), self._load, module, device)
+                    state.size = module.memory_bytes()
+                    state.state = "ready"
+                except Exception as e:
+                    log.exception("module %s failed to load", qname)
+                    state.state, state.error = "failed", f"{type(e).__name__}: {e}"
+                state.load_ms = (time.perf_counter() - t0) * 1000
+                state.last_used = time.monotonic()
 
     @staticmethod
     def _load(module: Module, device: str) -> None:
         module.load(device)
         module.device = device
         module.warmup()
+
+    # -- memory ------------------------------------------------------------------------------------
+    def _group(self, qname: str) -> str:
+        return self.modules[qname].memory_group() or qname
+
+    def _size(self, qname: str) -> int:
+        """Bytes the module takes on its device: as measured when it last loaded, else its estimate."""
+        return self.states[qname].size or self.modules[qname].expected_bytes()
+
+    def _on(self, device: str) -> list[str]:
+        return [q for q, d in self.placement.items() if canonical(d) == canonical(device)]
+
+    def _resident(self, device: str) -> dict[str, int]:
+        """Weight groups holding memory on ``device`` now → their bytes (a shared copy counted once)."""
+        out: dict[str, int] = {}
+        for q in self._on(device):
+            if self.states[q].state in ("ready", "loading", "unloading"):
+                g = self._group(q)
+                out[g] = max(out.get(g, 0), self._size(q))
+        return out
+
+    def _idle(self, group: str, device: str) -> list[str] | None:
+        """The group's loaded modules on ``device`` if every one of them could be unloaded right now."""
+        members = [q for q in self._on(device) if self._group(q) == group]
+        # A member with a call waiting (even one not loaded yet) would load the weights straight back.
+        if any(self.states[q].inflight > 0 for q in members):
+            return None
+        holding = [q for q in members if self.states[q].state in ("ready", "loading", "unloading")]
+        for q in holding:
+            lock = self._load_locks.get(q)
+            if self.states[q].state != "ready" or (lock is not None and lock.locked()):
+                return None
+        return holding
+
+    async def _make_room(self, qname: str, device: str) -> None:
+        """Unload least recently used idle modules on ``device`` until ``qname`` fits its budget. When
+        even that is not enough (the rest are busy, or it alone is larger) it loads anyway, with a
+        warning: the budget is a target below the device's real limit, not a reason to refuse."""
+        budget = self.budgets[canonical(device)]
+        group = self._group(qname)
+        resident = self._resident(device)
+        if group in resident:
+            return  # its weights are here already (another name for the same model)
+        need = self._size(qname)
+        if need == 0:
+            return  # nothing to make room for (a symbolic module, or one whose size is unknown)
+        used = sum(resident.values())
+        last = {g: max(self.states[q].last_used for q in self._on(device) if self._group(q) == g) for g in resident}
+        for victim in sorted(resident, key=lambda g: last[g]):
+            if used + need <= budget:
+                return
+            members = self._idle(victim, device)
+            if not members or resident[victim] == 0:
+                continue
+            await self._unload(members, device)
+            used -= resident[victim]
+        if used + need > budget:
+            log.warning("%s needs %d bytes on %s; %d of its %d-byte budget are held by modules in use",
+                        qname, need, device, used, budget)
+
+    async def _unload(self, members: list[str], device: str) -> None:
+        """Unload one weight group. Its modules' locks are taken and their states set before the first
+        await, so a call arriving meanwhile waits to load them again instead of finding them gone."""
+        locks = [self._load_locks.setdefault(q, asyncio.Lock()) for q in members]
+        for lock in locks:
+            await lock.acquire()  # free (``_idle`` checked), so this returns without yielding
+        try:
+            for q in members:
+                self.states[q].state = "unloading"
+            loop = asyncio.get_running_loop()
+            for q in members:
+                log.info("unloading %s from %s to make room", q, device)
+                try:
+                    await loop.run_in_executor(self._worker(device), self.modules[q].unload)
+                except Exception:
+                    log.exception("module %s failed to unload", q)
+                self.states[q].state = "unloaded"
+                self.states[q].unloads += 1
+        finally:
+            for lock in locks:
+                lock.release()
+
+    def memory(self) -> list[MemoryRow]:
+        """Every module that runs off the event loop: where it is, what it holds there now."""
+        return [MemoryRow(q, m.device, m.memory_bytes() if self.states[q].state == "ready" else 0,
+                          self.states[q].unloads)
+                for q, m in sorted(self.modules.items()) if not m.cheap]
 
     async def close(self) -> None:
         for b in self._batchers.values():
@@ -159,6 +335,17 @@ class Pool:
         q = self.qualified(name, pack)
         if q is None:
             raise self._unavailable(name, pack)
+        state = self.states[q]
+        # Counted from before loading to the result, so the module is never unloaded from under it.
+        state.inflight += 1
+        state.last_used = time.monotonic()
+        try:
+            return await self._call(q, name, args)
+        finally:
+            state.inflight -= 1
+            state.last_used = time.monotonic()
+
+    async def _call(self, q: str, name: str, args: dict[str, Any]) -> Called:
         module = self.modules[q]
         state = self.states[q]
         if state.state != "ready":
@@ -177,7 +364,7 @@ class Pool:
         # Batching off: still off the loop, one call per forward.
         t_in = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results, compute_s = await loop.run_in_executor(self._worker(module.device), run_forward, module, [args])
+        results, compute_s = await loop.run_in_executor(self._worker(self.placement[q]), run_forward, module, [args])
         queue_ms = (time.perf_counter() - t_in - compute_s) * 1000
         if self.on_batch is not None:
             self.on_batch(BatchStats(module.name, 1, (queue_ms / 1000,), compute_s,
@@ -194,8 +381,9 @@ class Pool:
             batcher = self._batchers.get(qname)
             out.append({
                 "name": m.name, "qualified": qname, "pack": s.pack, "version": m.version,
-                "device": self._device_for(m), "state": s.state, "load_ms": round(s.load_ms, 3), "error": s.error,
+                "device": m.device, "state": s.state, "load_ms": round(s.load_ms, 3), "error": s.error,
                 "parameters": m.parameter_count(), "default": self.default.get(m.name) == qname,
+                "memory_bytes": m.memory_bytes() if s.state == "ready" else 0, "unloads": s.unloads,
                 "batching": {"enabled": batcher is not None, "max_batch_size": batcher.max_batch_size if batcher else 1,
                              "max_wait_ms": self.config.max_wait_ms if batcher else 0,
                              "max_queue": batcher.max_queue if batcher else None,

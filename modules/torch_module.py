@@ -25,6 +25,7 @@ class TorchModule(Module):
         self.net: torch.nn.Module | None = None
         self.dtype = torch.float32
         self._version: str | None = None
+        self._numel: int | None = None
 
     @abstractmethod
     def build(self) -> torch.nn.Module:
@@ -56,6 +57,25 @@ class TorchModule(Module):
     def parameter_count(self) -> int:
         net = self.net if self.net is not None else self.build()
         return sum(p.numel() for p in net.parameters())
+
+    def memory_bytes(self) -> int:
+        if self.net is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in (*self.net.parameters(), *self.net.buffers()))
+
+    def expected_bytes(self) -> int:
+        # A fresh network has the loaded one's shapes; its float32 tensors become half on CUDA.
+        if self._numel is None:
+            net = self.build()
+            self._numel = sum(t.numel() for t in (*net.parameters(), *net.buffers()))
+        half = self.device.startswith("cuda") and self.supports_half
+        return self._numel * (2 if half else 4)
+
+    def unload(self) -> None:
+        on_cuda = self.device.startswith("cuda")
+        self.net = None
+        if on_cuda:
+            torch.cuda.empty_cache()
 
     def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
         if self.net is None:

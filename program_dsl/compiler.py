@@ -258,7 +258,14 @@ class _Compiler:
             return self.add_step(replace(sig, pack=""), args, sig.returns, node.span,
                                  f"{e}; {e.hint}" if e.hint else str(e))
         chosen = routed.signature
-        # The chosen module may take optional parameters the shared signature does not name.
+        takes = {p.name for p in chosen.params}
+        for name in [n for n in args if n not in takes]:
+            if name in bound:  # an option of another pack's module
+                return self.error(bound[name][0], f"{node.func} here is {chosen.pack}'s, which has no argument "
+                                  f"'{name}' ({routed.reason})",
+                                  hint=f"{chosen.pack}.{node.func} takes {', '.join(p.name for p in chosen.params)}",
+                                  code="unknown-argument")
+            del args[name]
         for p in chosen.params:
             if p.name not in args:
                 args[p.name] = Const(canonical_const(p.default))

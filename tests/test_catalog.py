@@ -113,3 +113,15 @@ def test_a_broken_pack_command_leaves_the_cli_working(monkeypatch: pytest.Monkey
     assert parser.parse_args(["check", "x.nsx"]).fn.__name__ == "cmd_check"
     assert parser.parse_args(["bench", "shapes", "--questions", "1"]).bench == "shapes"  # the others still came
     assert "the broken pack's commands are unavailable: AttributeError" in caplog.text
+
+
+def test_a_declared_name_two_packs_offer_means_the_declared_pack() -> None:
+    # SEG is declared as the photo pack's: with another pack offering it too, the plain name keeps
+    # meaning photo's and the other's is called by its qualified name (or chosen by NSX_MODULE_PACKS).
+    def seg(pack_name: str) -> FunctionModule:
+        return FunctionModule(signature("SEG", "Objects", param("image", "Image"), pack=pack_name), lambda image: None)
+
+    packs = [core_pack(), Pack("photo", [seg("photo")]), Pack("wide", [seg("wide")])]
+    catalog = build_catalog(packs)
+    assert catalog["SEG"].pack == "photo" and catalog["wide.SEG"].pack == "wide"
+    assert build_catalog(packs, {"SEG": "wide"})["SEG"].pack == "wide"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from modules.packs import PackError, build_catalog, load_packs
 from modules.routing import Router, Vocabulary, words_of
 from modules.shapes.tools.world import ObjectSpec, compose
 from modules.values import Obj, Objects
-from program_dsl import Catalog, compile_program, signature
+from program_dsl import Catalog, Const, ProgramError, compile_program, param, signature
 from tests.apputil import png_bytes, post_run
 from tests.test_shapes_modules import needs_weights
 
@@ -185,3 +186,14 @@ def test_an_unknown_phrase_fails_its_step_listing_what_each_pack_finds(client: T
     loc, count = out["steps"]
     assert out["status"] == "failed" and loc["status"] == "failed" and count["status"] == "skipped"
     assert "no enabled pack finds 'muffin'" in loc["error"] and "shapes: object, circle" in loc["error"]
+
+
+def test_an_option_of_one_pack_is_refused_where_the_phrase_goes_elsewhere() -> None:
+    wide = _Finder("wide", Vocabulary(("anything",), open=True))
+    wide.signature = replace(wide.signature, params=(*wide.signature.params, param("threshold", "Number", 0.1)))
+    cat = build_catalog([core_pack(), Pack("wide", [wide])])
+    step = compile_program("n = COUNT(LOC(IMAGE, 'muffin', threshold=0.3))", cat).steps[0]
+    assert step.pack == "wide" and step.args["threshold"] == Const(0.3)
+    assert "threshold" not in compile_program("n = COUNT(LOC(IMAGE, 'TOP'))", cat).steps[0].args
+    with pytest.raises(ProgramError, match="LOC here is core's, which has no argument 'threshold'"):
+        compile_program("n = COUNT(LOC(IMAGE, 'TOP', threshold=0.3))", cat)
