@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.base import ModuleError
+from modules.base import Module, ModuleError
 from modules.pool import Pool
 from modules.values import ImageValue, step_output
 from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, type_of
@@ -174,10 +174,10 @@ class Executor:
         consts = {n: s.value for n, s in step.args.items() if isinstance(s, Const)}
         input_keys = {n: run.key_of(s) for n, s in step.args.items() if not isinstance(s, Const)}
         args = {n: run.resolve(s) for n, s in step.args.items()}
-        self._check_types(step, args)
+        module = self.pool.find(step.module, step.pack)
+        self._check_types(step, module, args)
         # The key needs only the inputs' keys, not their values: a step that hits never decodes
         # what it depends on, and a run where every step hits decodes nothing but its result.
-        module = self.pool.find(step.module, step.pack)
         state = module.state() if module is not None else ""
         key = step_key(f"{step.pack}.{step.module}", f"{step.version}+{state}" if state else step.version, consts,
                        input_keys)
@@ -225,9 +225,8 @@ class Executor:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return task, True
 
-    def _check_types(self, step: Step, args: Mapping[str, Any]) -> None:
+    def _check_types(self, step: Step, module: Module | None, args: Mapping[str, Any]) -> None:
         """Arguments typed Any at compile time (EVAL results, {X}) are checked here, before the module sees them."""
-        module = self.pool.find(step.module, step.pack)
         if module is None:
             return
         for p in module.signature.params:

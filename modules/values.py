@@ -129,6 +129,10 @@ class Objects:
     def with_items(self, items: list[Obj] | tuple[Obj, ...]) -> Objects:
         return replace(self, items=tuple(items))
 
+    def found_on(self, image: ImageValue) -> bool:
+        """Whether the boxes are in ``image``'s pixels: found in it, or in an image of its grid."""
+        return self.image_key == image.key or self.grid == image.grid
+
 
 def step_output(value: Any, key: str, inputs: Iterable[Any]) -> Any:
     """A module's result as its step keeps it. An image is keyed by the step, keeping the grid its

@@ -162,3 +162,11 @@ async def test_a_chain_on_one_grid_runs_the_same_from_the_cache(executor: Execut
     assert runs[0].result_json["grid"] == runs[1].result_json["grid"] == img.key
     assert runs[1].result_json == runs[0].result_json
     assert np.array_equal(np.asarray(runs[1].result.image), np.asarray(runs[0].result.image))
+
+
+def test_objects_are_found_on_their_image_and_its_grid_only() -> None:
+    photo = ImageValue(Image.new("RGB", (8, 8)), "sha256:photo")
+    edit = ImageValue(Image.new("RGB", (8, 8)), "sha256:edit", grid="sha256:photo")
+    other = ImageValue(Image.new("RGB", (8, 8)), "sha256:other")
+    found = Objects((), "sha256:photo", (8, 8))
+    assert found.found_on(photo) and found.found_on(edit) and not found.found_on(other)

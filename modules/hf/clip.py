@@ -323,7 +323,7 @@ def _check_objects(op: str, args: dict[str, Any], image: ImageValue) -> Objects:
     objects = args.get("object")
     if not isinstance(objects, Objects):
         raise ModuleError(f"{op} needs objects for 'object', got {type(objects).__name__}")
-    if objects.image_key != image.key and objects.grid != image.grid:
+    if not objects.found_on(image):
         raise ModuleError(f"{op}: the objects were found in another image ({objects.image_key[:19]}…), not in this "
                           f"one ({image.key[:19]}…); boxes land on the right pixels only in the image they were "
                           f"found in and its edits that move no pixel")

@@ -188,7 +188,7 @@ class DepthOf(_Depth):
         objects = args.get("object")
         if not isinstance(objects, Objects):
             raise ModuleError(f"DEPTH_OF needs objects for 'object', got {type(objects).__name__}")
-        if objects.image_key != image.key and objects.grid != image.grid:
+        if not objects.found_on(image):
             raise ModuleError(f"DEPTH_OF: the objects were found in another image ({objects.image_key[:19]}…), "
                               f"not in this one ({image.key[:19]}…): their boxes would measure the wrong pixels; "
                               f"find the objects in the image you measure")

@@ -97,7 +97,7 @@ def pixel_block(box_w: int, box_h: int) -> int:
 
 def _check_same_image(op: str, image: ImageValue, objects: Objects) -> None:
     size = (image.width, image.height)
-    if objects.image_key != image.key and objects.grid != image.grid:
+    if not objects.found_on(image):
         ow, oh = objects.image_size
         if objects.image_size == size:
             where = f"another {ow}×{oh} image ({objects.image_key[:19]}…)"

@@ -281,7 +281,8 @@ def individuals(items: Sequence[Obj], candidates: Sequence[int]) -> list[Who]:
 
 
 def _check_same_image(op: str, image: ImageValue, objects: Objects) -> None:
-    if objects.image_key != image.key or objects.image_size != (image.width, image.height):
+    # An edit that moves no pixel (BGBLUR, EMOJI…) keeps the grid: its faces are where they were.
+    if not objects.found_on(image) or objects.image_size != (image.width, image.height):
         ow, oh = objects.image_size
         raise ModuleError(f"{op}: the objects were found in another image ({ow}×{oh}, {objects.image_key[:19]}…), "
                           f"not in this {image.width}×{image.height} one ({image.key[:19]}…); find the faces in "
