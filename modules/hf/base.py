@@ -124,7 +124,8 @@ class HfModule(Module):
             kind = AutoConfig.from_pretrained(source, local_files_only=local_only).model_type
             if kind not in families:
                 raise self.wrong_weights(source, f"holds a {kind!r} model")
-            model = model_cls.from_pretrained(source, local_files_only=local_only)
+            # Never a pickled checkpoint, even from a hub repo that also ships one.
+            model = model_cls.from_pretrained(source, local_files_only=local_only, use_safetensors=True)
             processor = processor_cls.from_pretrained(source, local_files_only=local_only)
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
             raise self.wrong_weights(source, f"could not be loaded ({type(e).__name__}: {e})") from None
@@ -151,7 +152,8 @@ class HfModule(Module):
     def pretrained(self, cls: Any, source: Path | str, local_only: bool) -> Any:
         """``cls.from_pretrained`` that refuses weights that leave parameters missing: transformers
         would fill them with random values and only log a warning, and the module would answer noise."""
-        model, info = cls.from_pretrained(str(source), local_files_only=local_only, output_loading_info=True)
+        model, info = cls.from_pretrained(str(source), local_files_only=local_only, output_loading_info=True,
+                                          use_safetensors=True)
         missing = sorted(info.get("missing_keys") or ())
         if missing:
             shown = ", ".join(missing[:3]) + (f", … ({len(missing)} in all)" if len(missing) > 3 else "")
