@@ -4,6 +4,8 @@ FROM ${BASE_IMAGE}
 # DEVICE=cpu (default) takes PyTorch's CPU build from its CPU index, keeping the image small;
 # DEVICE=cuda takes the PyPI build, which carries CUDA.
 ARG DEVICE=cpu
+# EXTRAS=generate adds diffusers, for the hf pack's REPLACE (the GPU compose file sets it).
+ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -34,7 +36,7 @@ RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
          pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
          || pip install "torch==2.13.0"; \
        fi \
-    && pip install . \
+    && pip install ".${EXTRAS:+[$EXTRAS]}" \
     && pip uninstall -y nsx && rm -rf program_dsl modules app build *.egg-info \
     && pip uninstall -y $(grep -v '^#' image-removes.txt) \
     && CV=$(pip show opencv-python-headless | sed -n 's/^Version: //p') \

@@ -14,6 +14,8 @@ from PIL import Image
 
 from program_dsl import IMAGE, OBJECTS, Type
 
+from .base import ModuleError
+
 
 def sha256_key(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -94,6 +96,25 @@ def pixel_box(box: tuple[float, float, float, float], w: int, h: int) -> tuple[i
     y1, y2 = sorted((max(0, min(h, y1)), max(0, min(h, y2))))
     # Never an empty crop: PIL would give a 0-pixel image that no later module can use.
     return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+
+
+def region_mask(op: str, image: ImageValue, objects: Objects, index: int | None = None) -> Mask:
+    """The union of the objects' regions (or of one, by ``index``) as a bool H×W mask."""
+    w, h = image.width, image.height
+    region = np.zeros((h, w), dtype=bool)
+    items = list(enumerate(objects.items))
+    for i, o in items if index is None else [items[index]]:
+        if o.mask is None:
+            x1, y1, x2, y2 = pixel_box(o.box, w, h)
+            region[y1:y2, x1:x2] = True
+            continue
+        mask = np.asarray(o.mask)
+        if mask.shape != (h, w):
+            raise ModuleError(f"{op}: object {i} ({o.label or 'unlabelled'}) has a mask of shape "
+                              f"{'×'.join(map(str, mask.shape))} (rows×columns), but the image is {h}×{w}")
+        # Masks are bool by contract; a probability or 0/255 map is read as "more than half in".
+        region |= mask if mask.dtype == np.bool_ else mask > 0.5
+    return region
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

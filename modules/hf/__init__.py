@@ -7,14 +7,15 @@ with one sub-folder per role (``weights``), and each configured role brings its 
 | --- | --- | --- |
 | ``loc`` | LOC | OWLv2, OWL-ViT (zero-shot detection) |
 | ``clip`` | SELECT, CLASSIFY | CLIP (over object crops) |
-| ``vqa`` | VQA | BLIP or ViLT question answering |
-| ``caption`` | CAPTION | BLIP captioning |
+| ``vqa`` | VQA | BLIP, BLIP-2 or ViLT question answering |
+| ``caption`` | CAPTION | BLIP or BLIP-2 captioning |
 | ``seg`` | SEG | Mask2Former or MaskFormer panoptic segmentation |
 | ``depth`` | DEPTH, DEPTH_OF | DPT or Depth Anything |
+| ``inpaint`` | REPLACE | Stable Diffusion inpainting (a diffusers pipeline folder; ``pip install 'nsx[generate]'``) |
 
 A role whose folder is missing or wrong still brings its modules: they fail to load with a message
 naming the role and what was expected, which ``/readyz`` and ``GET /v1/modules`` show. Nothing is
-imported from transformers before the pool loads a module.
+imported from transformers (or diffusers) before the pool loads a module.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .weights import RoleWeights, configured_root, role_weights
 # role → the adapter file whose ``modules(weights)`` makes its modules.
 ROLES: dict[str, str] = {
     "loc": "detect", "clip": "clip", "vqa": "answer", "caption": "answer", "seg": "segment", "depth": "depth",
+    "inpaint": "inpaint",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from ..base import Module, ModuleError
-from ..values import ImageValue
+from ..values import ImageValue, Objects
 from .weights import RoleWeights, WeightsError
 
 # Smaller than this, no vision transformer here has anything to look at (they resize to 224–960).
@@ -233,6 +233,23 @@ def pil_of(args: dict[str, Any], module: str, name: str = "image") -> tuple[Imag
                           f"got {image.width}×{image.height}")
     pic = image.image if image.image.mode == "RGB" else image.image.convert("RGB")
     return image, pic
+
+
+def objects_arg(op: str, args: dict[str, Any], image: ImageValue) -> Objects:
+    """The 'object' argument, checked to be objects found on ``image`` (or an edit of it that moves
+    no pixel), so their boxes and masks fall on the pixels they were found on."""
+    objects = args.get("object")
+    if not isinstance(objects, Objects):
+        raise ModuleError(f"{op} needs objects for 'object', got {type(objects).__name__}")
+    if not objects.found_on(image):
+        raise ModuleError(f"{op}: the objects were found in another image ({objects.image_key[:19]}…), not in this "
+                          f"one ({image.key[:19]}…); boxes land on the right pixels only in the image they were "
+                          f"found in and its edits that move no pixel")
+    if objects.image_size != (image.width, image.height):
+        ow, oh = objects.image_size
+        raise ModuleError(f"{op}: the objects say their image is {ow}×{oh}, but this one is "
+                          f"{image.width}×{image.height}")
+    return objects
 
 
 def checked(batch: Sequence[dict[str, Any]], check: Any) -> tuple[list[int], list[Any], list[Any]]:

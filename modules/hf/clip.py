@@ -49,8 +49,8 @@ from PIL import Image
 from program_dsl import param, signature
 
 from ..base import Module, ModuleError
-from ..values import ImageValue, Obj, Objects, pixel_box
-from .base import HfModule, checked, pil_of
+from ..values import Obj, Objects, pixel_box
+from .base import HfModule, checked, objects_arg, pil_of
 from .weights import RoleWeights
 
 __all__ = ["CLASSIFY_SIG", "OTHER", "SELECT_SIG", "Classify", "Select", "SharedClip", "assign_categories",
@@ -319,21 +319,6 @@ class _Texts:
         return list(self.index)
 
 
-def _check_objects(op: str, args: dict[str, Any], image: ImageValue) -> Objects:
-    objects = args.get("object")
-    if not isinstance(objects, Objects):
-        raise ModuleError(f"{op} needs objects for 'object', got {type(objects).__name__}")
-    if not objects.found_on(image):
-        raise ModuleError(f"{op}: the objects were found in another image ({objects.image_key[:19]}…), not in this "
-                          f"one ({image.key[:19]}…); boxes land on the right pixels only in the image they were "
-                          f"found in and its edits that move no pixel")
-    if objects.image_size != (image.width, image.height):
-        ow, oh = objects.image_size
-        raise ModuleError(f"{op}: the objects say their image is {ow}×{oh}, but this one is "
-                          f"{image.width}×{image.height}")
-    return objects
-
-
 def _with(o: Obj, label: str | None = None, **attributes: Any) -> Obj:
     return Obj(o.box, o.score, o.label if label is None else label, {**o.attributes, **attributes}, o.mask)
 
@@ -373,7 +358,7 @@ class Select(_Clip):
 
     def _read(self, args: dict[str, Any]) -> _Selecting:
         image, pic = pil_of(args, "SELECT")
-        objects = _check_objects("SELECT", args, image)
+        objects = objects_arg("SELECT", args, image)
         query = args.get("query")
         parts = [" ".join(p.split()) for p in query.split(",") if p.strip()] if isinstance(query, str) else []
         firsts: dict[str, str] = {}
@@ -455,7 +440,7 @@ class Classify(_Clip):
 
     def _read(self, args: dict[str, Any]) -> _Classifying:
         image, pic = pil_of(args, "CLASSIFY")
-        objects = _check_objects("CLASSIFY", args, image)
+        objects = objects_arg("CLASSIFY", args, image)
         raw = args.get("categories")
         if not isinstance(raw, (list, tuple)) or not raw:
             raise ModuleError("CLASSIFY needs a non-empty list of categories, e.g. ['apple', 'banana', 'orange']")

@@ -41,7 +41,7 @@ from program_dsl import param, signature
 from ..base import Module, ModuleError
 from ..device import canonical
 from ..values import ImageValue, Objects, pixel_box
-from .base import HfModule, checked, pil_of, release
+from .base import HfModule, checked, objects_arg, pil_of, release
 from .weights import RoleWeights
 
 FAMILIES = ("dpt", "depth_anything")
@@ -185,17 +185,7 @@ class DepthOf(_Depth):
     @staticmethod
     def _check(args: dict[str, Any]) -> tuple[ImageValue, Image.Image, Objects]:
         image, pic = pil_of(args, "DEPTH_OF")
-        objects = args.get("object")
-        if not isinstance(objects, Objects):
-            raise ModuleError(f"DEPTH_OF needs objects for 'object', got {type(objects).__name__}")
-        if not objects.found_on(image):
-            raise ModuleError(f"DEPTH_OF: the objects were found in another image ({objects.image_key[:19]}…), "
-                              f"not in this one ({image.key[:19]}…): their boxes would measure the wrong pixels; "
-                              f"find the objects in the image you measure")
-        if objects.image_size != (image.width, image.height):
-            raise ModuleError(f"DEPTH_OF: the objects say their image is {objects.image_size[0]}×"
-                              f"{objects.image_size[1]}, but this image is {image.width}×{image.height}")
-        return image, pic, objects
+        return image, pic, objects_arg("DEPTH_OF", args, image)
 
     def run(self, batch: Sequence[dict[str, Any]]) -> list[Any]:
         good, values, out = checked(batch, self._check)

@@ -1,6 +1,8 @@
 """Where each role's weights are: ``NSX_HF_MODELS`` names a folder with one sub-folder per role
 (``loc/``, ``vqa/``, …, each what ``save_pretrained`` writes), or a ``models.json`` in it mapping a
-role to a folder (relative to it, or absolute) or to a hub id. A hub id is used only when the
+role to a folder (relative to it, or absolute) or to a hub id. A pipeline role (``inpaint``) holds
+what a diffusers pipeline's ``save_pretrained`` writes instead: ``model_index.json`` and one
+sub-folder per component. A hub id is used only when the
 deployment allows downloads (``NSX_HF_ALLOW_DOWNLOAD=true``); otherwise it is an error that says so.
 
 Nothing here imports transformers: the pool reads every module's version (which hashes the role's
@@ -20,6 +22,9 @@ MAPPING = "models.json"
 # What a role's folder must hold for from_pretrained: its config and its weights.
 CONFIG = "config.json"
 WEIGHT_SUFFIXES = (".safetensors",)
+# Roles whose folder is a diffusers pipeline: components in sub-folders, listed by PIPELINE.
+PIPELINE = "model_index.json"
+PIPELINE_ROLES = frozenset({"inpaint"})
 # Hashed with the weights: a new tokenizer or preprocessing config must not serve old results.
 HASHED_SUFFIXES = (".json", ".txt", ".model", ".safetensors")
 
@@ -52,6 +57,8 @@ class RoleWeights:
                                    f"(nsx hf download on a machine that reaches the hub)")
             assert self.hub_id is not None
             return self.hub_id
+        if self.role in PIPELINE_ROLES:
+            return self._check_pipeline(self.folder, expected)
         if not self.folder.is_dir():
             raise WeightsError(f"role {self.role!r}: no folder {self.folder}; expected what save_pretrained "
                                f"writes for {expected} ({CONFIG} and *.safetensors)")
@@ -63,10 +70,37 @@ class RoleWeights:
                                f"weights are not loaded); re-save them with save_pretrained(safe_serialization=True)")
         return self.folder
 
+    def _check_pipeline(self, folder: Path, expected: str) -> Path:
+        """A pipeline folder: its index, and every component it names in a sub-folder of its own, a
+        model's with safetensors weights. What kind of pipeline it is, the adapter checks."""
+        if not folder.is_dir():
+            raise WeightsError(f"role {self.role!r}: no folder {folder}; expected what a diffusers pipeline's "
+                               f"save_pretrained writes for {expected} ({PIPELINE} and one sub-folder per component)")
+        try:
+            index = json.loads((folder / PIPELINE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise WeightsError(f"role {self.role!r}: {folder} has no {PIPELINE}; expected what a diffusers "
+                               f"pipeline's save_pretrained writes for {expected}, not a single model") from None
+        except (OSError, ValueError) as e:
+            raise WeightsError(f"role {self.role!r}: {folder} has an unreadable {PIPELINE} ({e})") from None
+        if not isinstance(index, dict):
+            raise WeightsError(f"role {self.role!r}: {folder / PIPELINE} is not an object; expected {expected}")
+        for name in pipeline_components(index):
+            part = folder / name
+            if not part.is_dir():
+                raise WeightsError(f"role {self.role!r}: {folder} has no {name}/ folder, which its {PIPELINE} "
+                                   f"names; expected what save_pretrained writes for {expected}")
+            # A model component has a config.json; the scheduler and tokenizer have none and no weights.
+            if (part / CONFIG).is_file() and not any(p.suffix in WEIGHT_SUFFIXES for p in part.iterdir()):
+                raise WeightsError(f"role {self.role!r}: {part} has no *.safetensors weights (pickled .bin weights "
+                                   f"are not loaded); re-save the pipeline with "
+                                   f"save_pretrained(safe_serialization=True)")
+        return folder
+
     def digest(self) -> str:
-        """sha256 over the role's files (names and bytes), or over the hub id: part of the module's
-        version, so new weights never serve old cached results. A missing folder hashes as such;
-        ``check`` is where it is reported."""
+        """sha256 over the role's files (names and bytes, sub-folders included: a pipeline keeps its
+        components there), or over the hub id: part of the module's version, so new weights never
+        serve old cached results. A missing folder hashes as such; ``check`` is where it is reported."""
         h = hashlib.sha256(self.role.encode() + b"\0")
         if self.folder is None:
             h.update(f"hub:{self.hub_id}".encode())
@@ -81,6 +115,14 @@ class RoleWeights:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         h.update(chunk)
         return h.hexdigest()[:12]
+
+
+def pipeline_components(index: dict[str, object]) -> list[str]:
+    """The components a ``model_index.json`` names (``"unet": ["diffusers", "UNet2DConditionModel"]``),
+    leaving out its settings (``_class_name``, ``requires_safety_checker``) and the optional parts it
+    lists as absent (``"safety_checker": [null, null]``)."""
+    return sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2
+                  and all(isinstance(x, str) for x in v))
 
 
 def _downloads_allowed() -> bool:

@@ -44,7 +44,7 @@ from PIL import Image
 from program_dsl import param, signature
 
 from ..base import FunctionModule, FunctionSet, Module, ModuleError
-from ..values import ImageValue, Objects, pixel_box
+from ..values import ImageValue, Objects, pixel_box, region_mask
 from .common import package_dir, package_version
 
 Mask = NDArray[np.bool_]
@@ -112,25 +112,6 @@ def _check_same_image(op: str, image: ImageValue, objects: Objects) -> None:
     if objects.image_size != size:
         raise ModuleError(f"{op}: the objects say their image is {objects.image_size[0]}×{objects.image_size[1]}, "
                           f"but this image ({image.key[:19]}…) is {size[0]}×{size[1]}")
-
-
-def _region(op: str, image: ImageValue, objects: Objects, index: int | None = None) -> Mask:
-    """The union of the objects' regions (or of one, by ``index``) as a bool H×W mask."""
-    w, h = image.width, image.height
-    region = np.zeros((h, w), dtype=bool)
-    items = list(enumerate(objects.items))
-    for i, o in items if index is None else [items[index]]:
-        if o.mask is None:
-            x1, y1, x2, y2 = pixel_box(o.box, w, h)
-            region[y1:y2, x1:x2] = True
-            continue
-        mask = np.asarray(o.mask)
-        if mask.shape != (h, w):
-            raise ModuleError(f"{op}: object {i} ({o.label or 'unlabelled'}) has a mask of shape "
-                              f"{'×'.join(map(str, mask.shape))} (rows×columns), but the image is {h}×{w}")
-        # Masks are bool by contract; a probability or 0/255 map is read as "more than half in".
-        region |= mask if mask.dtype == np.bool_ else mask > 0.5
-    return region
 
 
 def _bbox(region: Mask) -> Window | None:
@@ -263,7 +244,7 @@ def _keep_objects(op: str, image: ImageValue, objects: Objects, rest: Callable[[
     """The objects' pixels as they are, everything else from ``rest`` (the edited whole image),
     with the seam feathered across the objects' edge."""
     _check_same_image(op, image, objects)
-    region = _region(op, image, objects)
+    region = region_mask(op, image, objects)
     rgb = _rgb(image)
     out = _keep_region(rgb, rest(rgb, region), region, feather_px(image.width, image.height))
     return image.edited(Image.fromarray(out, mode="RGB"), region)
@@ -282,7 +263,7 @@ def _redact(op: str, image: ImageValue, objects: Objects,
     out = _rgb(image).copy()
     hidden = np.zeros((h, w), dtype=bool)
     for i in range(len(objects)):
-        region = _region(op, image, objects, i)
+        region = region_mask(op, image, objects, i)
         hidden |= region
         tight = _bbox(region)
         if tight is None:
