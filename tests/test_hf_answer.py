@@ -26,6 +26,9 @@ from modules.hf.weights import RoleWeights, WeightsError
 from modules.packs import check_declared
 from modules.values import ImageValue
 
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["what", "colour", "is", "the", "bus", "a", "how", "many", "red", "blue", "yes", "no", "there", "cat",
          "dog", "?", ".", "picture", "of", "on", "in", "two"]
@@ -514,3 +517,22 @@ def test_a_blip2_processor_must_insert_the_models_image_tokens(folders: dict[str
     (vqa,) = vqa_modules(RoleWeights("vqa", other))
     with pytest.raises(WeightsError, match="has a processor for 5 image query tokens; the model takes 4"):
         vqa.load("cpu")
+
+
+# -- on a GPU ---------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("role", "folder"), [("vqa", "blip-vqa"), ("vqa", "vilt"), ("caption", "blip-caption"),
+                                              ("vqa", "blip2-opt"), ("vqa", "blip2-t5"), ("caption", "blip2-opt")])
+def test_on_cuda_in_half_precision_a_batch_answers(role: str, folder: str, folders: dict[str, Path]) -> None:
+    make, cls = (vqa_modules, Vqa) if role == "vqa" else (caption_modules, Caption)
+    (module,) = make(RoleWeights(role, folders[folder]))
+    assert isinstance(module, cls)
+    module.load("cuda")
+    assert module.dtype in (torch.float16, torch.bfloat16) and next(module.model.parameters()).is_cuda
+    batch = [{"image": i, "question": q} if role == "vqa" else {"image": i} for i, q in zip(IMAGES, QUESTIONS)]
+    answers = module.forward(batch)
+    # A random tiny model's answers may be empty (a ModuleError for BLIP-2's VQA); never anything else.
+    assert all(isinstance(a, str) or (isinstance(a, ModuleError) and "no answer" in str(a)) for a in answers)
+    module.unload()
