@@ -43,6 +43,7 @@ RUN mkdir -p program_dsl modules/core modules/shapes modules/photo app \
     && pip uninstall -y opencv-contrib-python opencv-python-headless \
     && pip install --no-deps "opencv-python-headless==$CV" \
     && python3 -c "import cv2, mediapipe, rapidocr" \
+    && case "$EXTRAS" in *generate*) python3 -c "import diffusers, accelerate" ;; esac \
     && find /opt/nsx -name shape_predictor_68_face_landmarks.dat -delete \
     && TORCH=$(python3 -c "import os, torch; print(os.path.dirname(torch.__file__))") \
     && rm -rf "$TORCH/include" "$TORCH/test" image-removes.txt

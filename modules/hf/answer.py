@@ -22,8 +22,9 @@ ViLT. Where transformers would answer an item differently in a batch than alone,
 - ViLT samples image patches at random when ``max_image_length`` is set; it is unset at load
   (every patch is seen), so an answer depends on the image alone, as its cache key promises.
 - BLIP-2 over a decoder-only language model (OPT) pads prompts on the left, so every answer is
-  generated right after its own prompt (OPT numbers positions from the mask, so the padding moves
-  nothing); over T5 it pads on the right, where T5's relative positions leave the text in place.
+  generated right after its own prompt; the processor then puts the image tokens in front of the
+  padding (``[image…][pad…][question]``), which changes nothing, as OPT numbers positions from the
+  mask. Over T5 it pads on the right, where T5's relative positions leave the text in place.
 
 BLIP-2 on CUDA in float16 keeps what transformers keeps in float32 at that precision (the Q-Former,
 its query tokens, T5's feed-forward outputs), as ``from_pretrained(dtype=float16)`` would.
@@ -172,28 +173,30 @@ def _blip2_generate(model: Any, processor: Any, inputs: dict[str, Any], new_toke
     return [t.split("\n", 1)[0].strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def _keep_fp32_parts(model: Any) -> None:
-    """Put back in float32 what transformers keeps there when loading in float16 (its
+def _half_but_fp32_parts(model: Any, dtype: Any) -> Any:
+    """``model`` in float16 but for what transformers keeps in float32 at that precision (its
     ``_keep_in_fp32_modules``: BLIP-2's Q-Former and query tokens, T5's ``wo`` layers, which overflow
-    float16); the base casts the whole model. The model casts between the two where they meet."""
+    float16), cast tensor by tensor so the kept parts are never rounded through float16. The model
+    casts between the two where they meet."""
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, weight in model.named_parameters():
-        if keep.intersection(name.split(".")):
-            weight.data = weight.data.float()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not keep.intersection(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
+    return model
 
 
 class _Blip2Precision(HfModule):
-    """``load`` that honours BLIP-2's float32 parts under float16 (bfloat16 keeps all in bfloat16, as
-    transformers does)."""
+    """Half precision that honours BLIP-2's float32 parts under float16 (bfloat16 keeps all in
+    bfloat16, as transformers does)."""
 
     family = ""
 
-    def load(self, device: str) -> None:
+    def to_half(self, model: Any, dtype: Any) -> Any:
         import torch
 
-        super().load(device)
-        if self.family == "blip-2" and self.dtype == torch.float16:
-            _keep_fp32_parts(self.model)
+        if self.family == "blip-2" and dtype == torch.float16:
+            return _half_but_fp32_parts(model, dtype)
+        return super().to_half(model, dtype)
 
 
 class Vqa(_Blip2Precision):

@@ -68,10 +68,14 @@ class HfModule(Module):
         self.dtype = torch.float32
         if device.startswith("cuda") and self.supports_half:
             self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            model = model.to(self.dtype)
+            model = self.to_half(model, self.dtype)
         self.model = model.to(device)
         self.processor = processor
         self.device = device
+
+    def to_half(self, model: Any, dtype: Any) -> Any:
+        """``model`` in half precision ``dtype``; an adapter whose model keeps parts in float32 casts the rest."""
+        return model.to(dtype)
 
     def parameter_count(self) -> int:
         return int(sum(p.numel() for p in self.model.parameters())) if self.model is not None else 0

@@ -149,6 +149,33 @@ def seed_of(image_key: str, objects: Objects, prompt: str) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") & (2**63 - 1)
 
 
+def _spans(n: int, at: int, size: int, full: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """For each of ``n`` working pixels along an axis of ``full`` source pixels scaled to ``n``: the
+    first and one-past-last source pixel it overlaps, relative to a window of ``size`` from ``at``
+    (clipped to it)."""
+    j = np.arange(n, dtype=np.int64)
+    lo = (j * full) // n
+    hi = -((-(j + 1) * full) // n)  # ceil
+    return np.clip(lo - at, 0, size), np.clip(hi - at, 0, size)
+
+
+def _covered(grown: Mask, at: tuple[int, int], full: tuple[int, int], size: tuple[int, int]) -> Mask:
+    """The working-size mask of the pixels the grown region touches at all, so a thin object does not
+    vanish when scaled down. Counted from the window alone (prefix sums over its rows and columns):
+    a full-size copy of the mask would cost more than the rest of the step on a large photo."""
+    (x0, y0), (w, h), (ww, wh) = at, full, size
+    gh, gw = grown.shape
+    xa, xb = _spans(ww, x0, gw, w)
+    ya, yb = _spans(wh, y0, gh, h)
+    cols = np.zeros((gh, gw + 1), dtype=np.int32)
+    np.cumsum(grown, axis=1, out=cols[:, 1:])
+    by_col = (cols[:, xb] - cols[:, xa]) > 0  # gh × ww: any pixel of the row inside the column's span
+    rows = np.zeros((gh + 1, ww), dtype=np.int32)
+    np.cumsum(by_col, axis=0, out=rows[1:])
+    out: Mask = (rows[yb] - rows[ya]) > 0
+    return out
+
+
 def _window_sum(a: NDArray[np.float32], r: int) -> NDArray[np.float32]:
     """Sum over every pixel's (2r+1)² window, zeros beyond the edge: exact small integers for 0/1
     inputs, so "all inside" and "all outside" are exact comparisons, not a blur's tail rounding."""
@@ -339,20 +366,17 @@ class Inpaint(HfModule):
             return Job(image, prompt, None, (0, 0, w, h), None, None, 0)
         rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
         # The ramp ends 3r beyond the objects: only that neighbourhood is worked on, so a small object
-        # on a large photo stays cheap. The window reaches one pixel past the ramp, so cutting it there
-        # changes no alpha.
-        m = 3 * r + 1
+        # on a large photo stays cheap. The window reaches past the ramp by the ramp's own radius r, so
+        # every pixel of the ramp averages over a neighbourhood the cut leaves whole.
+        m = 4 * r + 1
         x0, y0 = max(0, int(cols[0]) - m), max(0, int(rows[0]) - m)
         x1, y1 = min(w, int(cols[-1]) + 1 + m), min(h, int(rows[-1]) + 1 + m)
         grown = _grown(raw[y0:y1, x0:x1], r)
-        region = np.zeros((h, w), dtype=bool)
-        region[y0:y1, x0:x1] = grown
         alpha = _ramp(grown, r)
         size = working_size(w, h, self.side)
         resample = Image.Resampling.LANCZOS if size[0] < w else Image.Resampling.BICUBIC
         work = pic.resize(size, resample)
-        # Any coverage of a working pixel counts, so a thin object does not vanish when scaled down.
-        covered = np.asarray(cv2.resize(region.astype(np.float32), size, interpolation=cv2.INTER_AREA)) > 0
+        covered = _covered(grown, (x0, y0), (w, h), size)
         mask = Image.fromarray(_latent_cells(covered, self.cell).astype(np.uint8) * 255, mode="L")
         return Job(image, prompt, alpha, (x0, y0, x1, y1), work, mask, seed_of(image.key, objects, prompt))
 
@@ -410,19 +434,21 @@ class Inpaint(HfModule):
         fg = np.asarray(Image.fromarray(painted, mode="RGB").resize(
             (x1 - x0, y1 - y0), Image.Resampling.BICUBIC, box=(x0 * ww / w, y0 * wh / h, x1 * ww / w, y1 * wh / h)),
             dtype=np.uint8)
-        src = np.asarray(image.image if image.image.mode == "RGB" else image.image.convert("RGB"), dtype=np.uint8)
-        out = src.copy()
-        bg = src[y0:y1, x0:x1]
+        # Only the window becomes an array: a full-size copy of a large photo would be the biggest
+        # allocation of the step for an object a few hundred pixels across.
+        rgb = image.image if image.image.mode == "RGB" else image.image.convert("RGB")
+        out = rgb.copy()
+        bg = np.asarray(rgb.crop((x0, y0, x1, y1)), dtype=np.uint8)
         alpha = job.alpha
         part = np.where((alpha >= 1)[..., None], fg, bg)
         band = (alpha > 0) & (alpha < 1)
         if band.any():
             a = alpha[band][:, None]
             part[band] = np.rint(a * fg[band] + (1 - a) * bg[band]).astype(np.uint8)
-        out[y0:y1, x0:x1] = part
+        out.paste(Image.fromarray(part, mode="RGB"), (x0, y0))
         changed = np.zeros((h, w), dtype=bool)
         changed[y0:y1, x0:x1] = alpha > 0
-        return image.edited(Image.fromarray(out, mode="RGB"), changed)
+        return image.edited(out, changed)
 
 
 def inpaint_modules(weights: RoleWeights) -> list[Module]:
