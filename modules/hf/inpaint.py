@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
@@ -42,6 +41,7 @@ from PIL import Image
 from program_dsl import param, signature
 
 from ..base import Module, ModuleError
+from ..softedge import Alpha, Mask, Pixels, bbox, blend, grow, grown, soft
 from ..values import ImageValue, Objects, region_mask
 from .base import HfModule, checked, objects_arg, pil_of, release, safetensors_bytes
 from .weights import CONFIG, PIPELINE, RoleWeights, WeightsError, pipeline_components
@@ -54,9 +54,6 @@ SIDE = 512  # the working long side when the model's config does not say
 MULTIPLE = 8  # the pipeline refuses sizes that are not multiples of 8
 EXTRA = "pip install 'nsx[generate]'"
 
-Mask = NDArray[np.bool_]
-Alpha = NDArray[np.float32]
-Pixels = NDArray[np.uint8]
 
 REPLACE_SIG = signature(
     "REPLACE", "Image", param("image", "Image"), param("object", "Objects"),
@@ -174,28 +171,6 @@ def _covered(grown: Mask, at: tuple[int, int], full: tuple[int, int], size: tupl
     np.cumsum(by_col, axis=0, out=rows[1:])
     out: Mask = (rows[yb] - rows[ya]) > 0
     return out
-
-
-def _window_sum(a: NDArray[np.float32], r: int) -> NDArray[np.float32]:
-    """Sum over every pixel's (2r+1)² window, zeros beyond the edge: exact small integers for 0/1
-    inputs, so "all inside" and "all outside" are exact comparisons, not a blur's tail rounding."""
-    k = 2 * r + 1
-    return np.asarray(cv2.boxFilter(a, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT),
-                      dtype=np.float32)
-
-
-def _grown(region: Mask, r: int) -> Mask:
-    out: Mask = _window_sum(region.astype(np.float32), r) > 0
-    return out
-
-
-def _ramp(region: Mask, r: int) -> Alpha:
-    """1 on the region, 0 from ``2r`` beyond it, a smoothstep between: the region is grown by ``r``
-    and its edge ramped ``r`` each way, so the ramp lies wholly outside the region."""
-    ones = _grown(region, r).astype(np.float32)
-    a = _window_sum(ones, r) / _window_sum(np.ones_like(ones), r)
-    alpha: Alpha = a * a * (3 - 2 * a)
-    return alpha
 
 
 def _latent_cells(mask: Mask, cell: int) -> Mask:
@@ -362,21 +337,20 @@ class Inpaint(HfModule):
             return Job(image, prompt, None, (0, 0, w, h), None, None, 0)
         r = edge_px(w, h)
         raw = region_mask("REPLACE", image, objects)
-        if not raw.any():  # only empty masks: nothing to paint
+        tight = bbox(raw)
+        if tight is None:  # only empty masks: nothing to paint
             return Job(image, prompt, None, (0, 0, w, h), None, None, 0)
-        rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
         # The ramp ends 3r beyond the objects: only that neighbourhood is worked on, so a small object
         # on a large photo stays cheap. The window reaches past the ramp by the ramp's own radius r, so
         # every pixel of the ramp averages over a neighbourhood the cut leaves whole.
-        m = 4 * r + 1
-        x0, y0 = max(0, int(cols[0]) - m), max(0, int(rows[0]) - m)
-        x1, y1 = min(w, int(cols[-1]) + 1 + m), min(h, int(rows[-1]) + 1 + m)
-        grown = _grown(raw[y0:y1, x0:x1], r)
-        alpha = _ramp(grown, r)
+        x0, y0, x1, y1 = grow(tight, 4 * r + 1, w, h)
+        region = grown(raw[y0:y1, x0:x1], r)
+        # Grown by r once more inside soft: the ramp lies wholly outside the grown region.
+        alpha = soft(region, r, outward=True)
         size = working_size(w, h, self.side)
         resample = Image.Resampling.LANCZOS if size[0] < w else Image.Resampling.BICUBIC
         work = pic.resize(size, resample)
-        covered = _covered(grown, (x0, y0), (w, h), size)
+        covered = _covered(region, (x0, y0), (w, h), size)
         mask = Image.fromarray(_latent_cells(covered, self.cell).astype(np.uint8) * 255, mode="L")
         return Job(image, prompt, alpha, (x0, y0, x1, y1), work, mask, seed_of(image.key, objects, prompt))
 
@@ -439,15 +413,9 @@ class Inpaint(HfModule):
         rgb = image.image if image.image.mode == "RGB" else image.image.convert("RGB")
         out = rgb.copy()
         bg = np.asarray(rgb.crop((x0, y0, x1, y1)), dtype=np.uint8)
-        alpha = job.alpha
-        part = np.where((alpha >= 1)[..., None], fg, bg)
-        band = (alpha > 0) & (alpha < 1)
-        if band.any():
-            a = alpha[band][:, None]
-            part[band] = np.rint(a * fg[band] + (1 - a) * bg[band]).astype(np.uint8)
-        out.paste(Image.fromarray(part, mode="RGB"), (x0, y0))
+        out.paste(Image.fromarray(blend(fg, bg, job.alpha), mode="RGB"), (x0, y0))
         changed = np.zeros((h, w), dtype=bool)
-        changed[y0:y1, x0:x1] = alpha > 0
+        changed[y0:y1, x0:x1] = job.alpha > 0
         return image.edited(out, changed)
 
 

@@ -44,14 +44,9 @@ from PIL import Image
 from program_dsl import param, signature
 
 from ..base import FunctionModule, FunctionSet, Module, ModuleError
+from ..softedge import Mask, Pixels, Window, bbox, blend, grow, soft
 from ..values import ImageValue, Objects, pixel_box, region_mask
 from .common import package_dir, package_version
-
-Mask = NDArray[np.bool_]
-Pixels = NDArray[np.uint8]
-Alpha = NDArray[np.float32]
-Window = tuple[int, int, int, int]  # x0, y0, x1, y1: a slice of the image, end-exclusive
-
 
 
 class PixelModule(FunctionModule):
@@ -114,49 +109,6 @@ def _check_same_image(op: str, image: ImageValue, objects: Objects) -> None:
                           f"but this image ({image.key[:19]}…) is {size[0]}×{size[1]}")
 
 
-def _bbox(region: Mask) -> Window | None:
-    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def _grow(win: Window, margin: int, width: int, height: int) -> Window:
-    x0, y0, x1, y1 = win
-    return max(0, x0 - margin), max(0, y0 - margin), min(width, x1 + margin), min(height, y1 + margin)
-
-
-def _window_sum(a: NDArray[np.float32], r: int) -> NDArray[np.float32]:
-    """Sum of ``a`` over every pixel's (2r+1)² window, zeros beyond the edge. The inputs are 0/1, so
-    the running sums are small integers, exact in float32: "all inside" is an exact comparison."""
-    k = 2 * r + 1
-    return np.asarray(cv2.boxFilter(a, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT),
-                      dtype=np.float32)
-
-
-def _soft(region: Mask, r: int, outward: bool) -> Alpha:
-    """Alpha of the region with an edge ramp of half-width ``r``: exactly 1 where the whole window
-    is inside, exactly 0 where it is all outside. ``outward`` first grows the region by ``r`` so the
-    ramp lies wholly outside it and every region pixel has alpha 1."""
-    ones = region.astype(np.float32)
-    if outward:
-        ones = (_window_sum(ones, r) > 0).astype(np.float32)
-    # Divided by the window's size clipped to the frame, so a region touching the border is not faded there.
-    a = _window_sum(ones, r) / _window_sum(np.ones_like(ones), r)
-    alpha: Alpha = a * a * (3 - 2 * a)  # smoothstep: no kink where the band meets either side; keeps 0 and 1 exact
-    return alpha
-
-
-def _composite(fg: Pixels, bg: Pixels, alpha: Alpha) -> Pixels:
-    """fg where alpha is 1, bg where it is 0 (both copied, not recomputed: bit-exact), their blend between."""
-    out = np.where((alpha >= 1)[..., None], fg, bg)
-    band = (alpha > 0) & (alpha < 1)
-    if band.any():
-        a = alpha[band][:, None]
-        out[band] = np.rint(a * fg[band] + (1 - a) * bg[band]).astype(np.uint8)
-    return out
-
-
 def _gaussian(a: NDArray[np.float32], sigma: float) -> NDArray[np.float32]:
     """A Gaussian blur whose cost does not grow with sigma: past 8 px, blur a downscaled copy and
     scale back (what the downscale loses is detail the blur removes anyway)."""
@@ -200,13 +152,13 @@ def _background_blur(rgb: Pixels, region: Mask, sigma: float) -> Pixels:
 def _keep_region(fg: Pixels, bg: Pixels, region: Mask, f: int) -> Pixels:
     """fg over bg in the region, feathered across its edge. Only the region's neighbourhood is
     composited: beyond ``f`` of it alpha is 0, and a small subject on a big photo stays cheap."""
-    tight = _bbox(region)
+    tight = bbox(region)
     if tight is None:
         return bg
-    x0, y0, x1, y1 = _grow(tight, 2 * f + 1, region.shape[1], region.shape[0])
+    x0, y0, x1, y1 = grow(tight, 2 * f + 1, region.shape[1], region.shape[0])
     out = bg.copy()
-    alpha = _soft(region[y0:y1, x0:x1], f, outward=False)
-    out[y0:y1, x0:x1] = _composite(fg[y0:y1, x0:x1], bg[y0:y1, x0:x1], alpha)
+    alpha = soft(region[y0:y1, x0:x1], f, outward=False)
+    out[y0:y1, x0:x1] = blend(fg[y0:y1, x0:x1], bg[y0:y1, x0:x1], alpha)
     return out
 
 
@@ -265,14 +217,14 @@ def _redact(op: str, image: ImageValue, objects: Objects,
     for i in range(len(objects)):
         region = region_mask(op, image, objects, i)
         hidden |= region
-        tight = _bbox(region)
+        tight = bbox(region)
         if tight is None:
             continue  # a box wholly outside the frame: nothing of it to hide
-        win = _grow(tight, 2 * f + 1, w, h)  # wide enough that alpha is 0 at its edge
+        win = grow(tight, 2 * f + 1, w, h)  # wide enough that alpha is 0 at its edge
         x0, y0, x1, y1 = win
         changed = effect(out, tight, win)
-        alpha = _soft(region[y0:y1, x0:x1], f, outward=True)
-        out[y0:y1, x0:x1] = _composite(changed, out[y0:y1, x0:x1], alpha)
+        alpha = soft(region[y0:y1, x0:x1], f, outward=True)
+        out[y0:y1, x0:x1] = blend(changed, out[y0:y1, x0:x1], alpha)
     return image.edited(Image.fromarray(out, mode="RGB"), hidden)
 
 
@@ -281,7 +233,7 @@ def _blurred(out: Pixels, tight: Window, win: Window) -> Pixels:
     sigma = redaction_sigma(x1 - x0, y1 - y0)
     h, w = out.shape[:2]
     # Blur with real surroundings (3σ of context), not the window's reflected edge, then cut the window.
-    cx0, cy0, cx1, cy1 = _grow(win, int(3 * sigma) + 1, w, h)
+    cx0, cy0, cx1, cy1 = grow(win, int(3 * sigma) + 1, w, h)
     blurred = _gaussian(out[cy0:cy1, cx0:cx1].astype(np.float32), sigma)
     wx0, wy0, wx1, wy1 = win
     part = blurred[wy0 - cy0:wy1 - cy0, wx0 - cx0:wx1 - cx0]
