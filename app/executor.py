@@ -18,7 +18,7 @@ from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, t
 
 from .records import StepRecord
 from .serialize import DecodeError, artifact_keys, decode, doc_type, encode, to_bytes
-from .store import Store
+from .store import Item, Store
 
 log = logging.getLogger("nsx.executor")
 
@@ -67,6 +67,19 @@ def new_record(step: Step) -> StepRecord:
                       route=step.route or None, vars=list(step.vars), args=args)
 
 
+@dataclass(frozen=True)
+class _Keyed:
+    """A step's key, known before it runs: from its module, version, constants and its inputs' keys."""
+
+    module: Module | None
+    consts: dict[str, Any]
+    input_keys: dict[str, str]
+    version: str
+    key: str
+    general: dict[str, Any] | None
+    general_key: str | None
+
+
 @dataclass
 class _Run:
     """Everything one execution of a plan keeps while it runs."""
@@ -79,6 +92,11 @@ class _Run:
     values: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     done: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
+    # Step outputs read for the whole plan at once, by key (None: not in the cache).
+    prefetched: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    # Outputs of broader calls (``Module.general_call``) this run has, by key: its other phrases reuse them.
+    generals: dict[str, Any] = field(default_factory=dict)
+    general_tasks: dict[str, asyncio.Task[_Computed]] = field(default_factory=dict)
     persisted: bool = True
 
     def __post_init__(self) -> None:
@@ -99,19 +117,28 @@ class _Run:
 
 
 class Executor:
+    """``artifact_ttl_s``: how long the images and masks a step's output names are kept (default
+    ``step_ttl_s``); the run service sets it to outlive the run records that link them."""
+
     def __init__(self, pool: Pool, store: Store, *, step_ttl_s: int | None = None, step_timeout_s: float = 60.0,
-                 on_cache: Callable[[str, str], None] | None = None) -> None:
+                 on_cache: Callable[[str, str], None] | None = None, artifact_ttl_s: int | None = None) -> None:
         self.pool = pool
         self.store = store
         self.step_ttl_s = step_ttl_s
+        self.artifact_ttl_s = artifact_ttl_s if artifact_ttl_s is not None else step_ttl_s
         self.step_timeout_s = step_timeout_s
         self.on_cache = on_cache
         self._inflight: dict[str, asyncio.Task[_Computed]] = {}
 
     async def execute(self, plan: Plan, images: Mapping[str, ImageValue], *, cache: bool = True,
-                      timeout_s: float | None = None, on_step: StepHook | None = None) -> Execution:
+                      timeout_s: float | None = None, on_step: StepHook | None = None,
+                      decode_result: bool = True) -> Execution:
+        """Run ``plan``. ``decode_result``: also rebuild the answer as a value when it came from the
+        cache (its JSON is always there); the run service needs only the JSON."""
         t0 = time.perf_counter()
         run = _Run(plan, images, cache, on_step)
+        if cache:
+            await self._prefetch(run)
         tasks = [asyncio.create_task(self._guarded(run, s)) for s in plan.steps]
         error: str | None = None
         try:
@@ -127,14 +154,18 @@ class Executor:
         result_json: dict[str, Any] | None = None
         if not failed:
             result = run.resolve(plan.result)
+            if isinstance(plan.result, Ref):
+                # The step's record holds its JSON already: encoding the value again would redo its
+                # masks and PNGs.
+                result_json = run.records[plan.result.step].output
+            else:
+                result_json, _ = encode(result, artifacts=False)  # an input's bytes are stored already
             if isinstance(result, _Cached):
                 result_json = result.doc
                 try:
-                    result = await self._materialize(result)
+                    result = await self._materialize(result) if decode_result else None
                 except ModuleError:
                     result = None  # the JSON answer stands; only the in-process value is missing
-            else:
-                result_json, _ = encode(result)
         elif error is None:
             first = next(r for r in failed if r.status == "failed")
             error = f"step {first.id} ({first.module}) failed: {first.error}"
@@ -171,21 +202,15 @@ class Executor:
             if bad:
                 rec.status, rec.error = "skipped", f"input {', '.join(bad)} failed"
                 return False
-        consts = {n: s.value for n, s in step.args.items() if isinstance(s, Const)}
-        input_keys = {n: run.key_of(s) for n, s in step.args.items() if not isinstance(s, Const)}
         args = {n: run.resolve(s) for n, s in step.args.items()}
-        module = self.pool.find(step.module, step.pack)
+        keyed = self._keyed(run, step)
+        module, key = keyed.module, keyed.key
         self._check_types(step, module, args)
-        # The key needs only the inputs' keys, not their values: a step that hits never decodes
-        # what it depends on, and a run where every step hits decodes nothing but its result.
-        state = module.state() if module is not None else ""
-        key = step_key(f"{step.pack}.{step.module}", f"{step.version}+{state}" if state else step.version, consts,
-                       input_keys)
-        rec.key, rec.inputs = key, input_keys
+        rec.key, rec.inputs = key, keyed.input_keys
         run.keys[step.id] = key
         t0 = time.perf_counter()
         if run.cache:
-            doc = await self._lookup(key)
+            doc = await self._lookup(key, run)
             if doc is not None:
                 run.values[step.id], rec.output = _Cached(doc), doc
                 rec.status, rec.cache = "succeeded", "hit"
@@ -197,10 +222,16 @@ class Executor:
         for name, value in args.items():
             if isinstance(value, _Cached):
                 args[name] = await self._materialize(value)
-        task, started = self._task(step, key, args, run.cache)
-        rec.shared = not started
         try:
-            computed = await asyncio.wait_for(asyncio.shield(task), self.step_timeout_s)
+            if module is not None and keyed.general is not None and keyed.general_key is not None:
+                rec.via = keyed.general_key
+                computed = await asyncio.wait_for(
+                    self._refined(run, step, module, key, keyed.general_key, keyed.general, args, rec),
+                    self.step_timeout_s)
+            else:
+                task, started = self._task(step, key, args, run.cache)
+                rec.shared = not started
+                computed = await asyncio.wait_for(asyncio.shield(task), self.step_timeout_s)
         except TimeoutError:
             rec.status, rec.error = "failed", f"timed out after {self.step_timeout_s:g} s"
             return False
@@ -213,6 +244,35 @@ class Executor:
         rec.status = "succeeded"
         run.persisted &= computed.persisted
         return True
+
+    async def _refined(self, run: _Run, step: Step, module: Module, key: str, gkey: str, general: dict[str, Any],
+                       args: dict[str, Any], rec: StepRecord) -> _Computed:
+        """A step computed from a broader call's output (``Module.general_call``): that call found in
+        the cache, shared with the same one in flight, or computed, then refined on the loop."""
+        t0 = time.perf_counter()
+        base: _Computed | None = None
+        if gkey in run.generals:
+            value = run.generals[gkey]
+        elif (doc := await self._lookup(gkey, run) if run.cache else None) is not None:
+            value = await self._materialize(_Cached(doc))
+        else:
+            # Shared with this run's other phrases even with the cache off: one call, computed once.
+            task = run.general_tasks.get(gkey)
+            rec.shared = task is not None
+            if task is None:
+                task, started = self._task(step, gkey, {**args, **general}, run.cache)
+                rec.shared = not started
+                run.general_tasks[gkey] = task
+            base = await asyncio.shield(task)
+            value = base.value
+        run.generals[gkey] = value
+        refined = step_output(module.refine(value, args), key, args.values())
+        doc, artifacts = encode(refined)
+        persisted = await self._store_output(key, doc, artifacts, run.cache)
+        if base is None:
+            return _Computed(refined, doc, (time.perf_counter() - t0) * 1000, 0.0, "cpu", 1, persisted)
+        return _Computed(refined, doc, base.ms, base.queue_ms, base.device, base.batch_size,
+                         persisted and base.persisted)
 
     def _task(self, step: Step, key: str, args: dict[str, Any], cache: bool) -> tuple[asyncio.Task[_Computed], bool]:
         """The computation for ``key``: the one already in flight (shared), or a new one (True)."""
@@ -239,20 +299,72 @@ class Executor:
             if not p.type.accepts(got):
                 raise ModuleError(f"{step.module} expects {p.type} for '{p.name}', got {got}")
 
-    async def _lookup(self, key: str) -> dict[str, Any] | None:
-        """The cached output's JSON, if it and every artifact it names are still in the store."""
-        raw = await self.store.get("step", key)
+    def _keyed(self, run: _Run, step: Step) -> _Keyed:
+        """The step's key. It needs only the inputs' keys, not their values: a step that hits never
+        decodes what it depends on, and a run where every step hits decodes nothing."""
+        consts = {n: s.value for n, s in step.args.items() if isinstance(s, Const)}
+        input_keys = {n: run.key_of(s) for n, s in step.args.items() if not isinstance(s, Const)}
+        module = self.pool.find(step.module, step.pack)
+        state = module.state() if module is not None else ""
+        version = f"{step.version}+{state}" if state else step.version
+        name = f"{step.pack}.{step.module}"
+        general = module.general_call(consts) if module is not None else None
+        return _Keyed(module, consts, input_keys, version, step_key(name, version, consts, input_keys), general,
+                      step_key(name, version, general, input_keys) if general is not None else None)
+
+    async def _prefetch(self, run: _Run) -> None:
+        """Every step's cached output read before the first step starts: keys chain, so all are known
+        up front, and a run costs two store round trips for its lookups, not two per step."""
+        wanted: list[str] = []
+        for step in run.plan.steps:
+            if not step.pack:
+                continue
+            try:
+                keyed = self._keyed(run, step)
+            except KeyError:  # an input that cannot be keyed (a step that will be skipped)
+                continue
+            run.keys[step.id] = keyed.key
+            wanted.append(keyed.key)
+            if keyed.general_key is not None:
+                wanted.append(keyed.general_key)
+        wanted = list(dict.fromkeys(wanted))
+        if not wanted:
+            return
+        docs: dict[str, dict[str, Any] | None] = {}
+        names: dict[str, list[str]] = {}
+        for key, raw in zip(wanted, await self.store.get_many("step", wanted)):
+            docs[key] = self._parse(key, raw)
+            if docs[key] is not None:
+                names[key] = artifact_keys(docs[key])  # type: ignore[arg-type]
+        needed = list(dict.fromkeys(a for keys in names.values() for a in keys))
+        alive = dict(zip(needed, await self.store.touch("art", needed, self.artifact_ttl_s))) if needed else {}
+        for key, doc in docs.items():
+            run.prefetched[key] = doc if doc is not None and all(alive[a] for a in names[key]) else None
+
+    @staticmethod
+    def _parse(key: str, raw: bytes | None) -> dict[str, Any] | None:
         if raw is None:
             return None
         try:
             doc: dict[str, Any] = json.loads(raw)
-            for akey in artifact_keys(doc):
-                if not await self.store.exists("art", akey):
-                    return None
+            artifact_keys(doc)  # a doc whose artifacts cannot be listed is as good as missing
             return doc
         except (ValueError, KeyError, TypeError) as e:
             log.warning("cached step %s is unreadable (%s); recomputing", key, e)
             return None
+
+    async def _lookup(self, key: str, run: _Run) -> dict[str, Any] | None:
+        """The cached output's JSON, if it and every artifact it names are still in the store; those
+        artifacts then live on for as long as the run this hit answers."""
+        if key in run.prefetched:
+            return run.prefetched[key]
+        doc = self._parse(key, await self.store.get("step", key))
+        if doc is None:
+            return None
+        keys = artifact_keys(doc)
+        if keys and not all(await self.store.touch("art", keys, self.artifact_ttl_s)):
+            return None
+        return doc
 
     async def _materialize(self, cached: _Cached) -> Any:
         try:
@@ -264,12 +376,16 @@ class Executor:
         called = await self.pool.call(step.module, args, step.pack)
         value = step_output(called.value, key, args.values())
         doc, artifacts = encode(value)
-        persisted = True
-        if cache:
-            for akey, data in artifacts.items():
-                persisted &= await self.store.put("art", akey, data, self.step_ttl_s)
-            persisted &= await self.store.put("step", key, to_bytes(doc), self.step_ttl_s)
+        persisted = await self._store_output(key, doc, artifacts, cache)
         return _Computed(value, doc, called.compute_ms, called.queue_ms, called.device, called.batch_size, persisted)
+
+    async def _store_output(self, key: str, doc: dict[str, Any], artifacts: dict[str, bytes], cache: bool) -> bool:
+        """The output's artifacts always, since the run's record links them whether or not the cache is
+        on; the output itself when it is. One round trip for all of them."""
+        items = [Item("art", k, data, self.artifact_ttl_s) for k, data in artifacts.items()]
+        if cache:
+            items.append(Item("step", key, to_bytes(doc), self.step_ttl_s))
+        return await self.store.put_many(items)
 
     def _count(self, module: str, outcome: str) -> None:
         if self.on_cache is not None:

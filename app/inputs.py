@@ -100,7 +100,7 @@ async def read_run(request: Request, settings: Settings, store: Store) -> RunInp
         if stored is None:
             raise ApiError(422, f"image {name} refers to {ref}, which this server does not have",
                            hint="upload it with POST /v1/images first, or send the bytes")
-        images[name] = ImageValue.from_bytes(stored)
+        images[name] = ImageValue.stored(stored, ref)  # checked when uploaded: decoded only if a step needs it
     return RunInputs(run_req.program, images, run_req.options)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 # A value in a trace: {"type": "image" | "objects" | "number" | "bool" | "text" | "list" | "none", …}.
 # Kept as plain JSON: its shape follows the value's type (see DESIGN.md, Values).
@@ -38,6 +38,9 @@ class StepRecord(BaseModel):
     output: ValueDoc | None = None
     cache: CacheOutcome = "off"
     shared: bool = Field(False, description="computed once for several steps in flight with the same key")
+    via: str | None = Field(None, description="key of the broader call this output was refined from (LOC of every "
+                                              "object, then the phrase's filter): found in the cache, shared or "
+                                              "computed once for every phrase on the same image")
     ms: float = Field(0.0, description="compute time (a hit: the lookup)")
     queue_ms: float | None = Field(None, description="time waiting for a batch and its device")
     device: str | None = Field(None, description="where it ran: cpu, cuda, cuda:N")
@@ -92,6 +95,13 @@ class RunRecord(BaseModel):
     modules: dict[str, str] = Field(description="module → version, for every module the run used")
     created_at: float = Field(description="Unix time")
     persisted: bool = Field(description="whether the record and every computed step reached the store")
+    _json: bytes | None = PrivateAttr(None)
+
+    def encoded(self, *, refresh: bool = False) -> bytes:
+        """The record as JSON, encoded once: the store keeps these bytes and the API answers them."""
+        if self._json is None or refresh:
+            self._json = self.model_dump_json().encode()
+        return self._json
 
 
 class ErrorItem(Remark):

@@ -65,7 +65,8 @@ class RunService:
             raise QueueFull("nsx", 1.0)
         self.active += 1
         try:
-            execution = await self.executor.execute(plan, images, cache=cache, timeout_s=timeout, on_step=on_step)
+            execution = await self.executor.execute(plan, images, cache=cache, timeout_s=timeout, on_step=on_step,
+                                                    decode_result=False)
         finally:
             self.active -= 1
         record = self._record(plan, images, execution, compile_ms, t0)
@@ -103,11 +104,11 @@ class RunService:
 
     async def _persist(self, record: RunRecord) -> None:
         ttl = self.run_limits.run_ttl_s
-        stored = await self.store.put("run", record.run_id, record.model_dump_json().encode(), ttl)
+        stored = await self.store.put("run", record.run_id, record.encoded(), ttl)
         if not stored and record.persisted:
             # The store went down between the check and the write: the copy in its fallback must not
             # claim otherwise.
             record.persisted = False
-            await self.store.put("run", record.run_id, record.model_dump_json().encode(), ttl)
+            await self.store.put("run", record.run_id, record.encoded(refresh=True), ttl)
         if not record.persisted and self.metrics is not None:
             self.metrics.runs_unpersisted.inc()

@@ -47,7 +47,9 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
     tells when they are warm) unless ``wait``, which returns once every module has loaded."""
     store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024, on_event=metrics.on_store_event)
     executor = Executor(pool, store, step_ttl_s=settings.step_ttl_s, step_timeout_s=settings.step_timeout_s,
-                        on_cache=metrics.on_cache)
+                        on_cache=metrics.on_cache,
+                        # Artifacts outlive the runs that link them; a hit sets their life anew.
+                        artifact_ttl_s=max(settings.step_ttl_s, settings.run_ttl_s))
     runs = RunService(pool, store, executor, limits=settings.program_limits(),
                       run_limits=RunLimits(settings.run_timeout_s, settings.max_concurrent_runs, settings.run_ttl_s),
                       metrics=metrics)

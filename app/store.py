@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import redis.asyncio as aredis
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MEMORY_BYTES",
     "KINDS",
     "EventHook",
+    "Item",
     "MemoryStore",
     "RedisStore",
     "Store",
@@ -58,6 +59,19 @@ class Store(Protocol):
     async def put(self, kind: str, key: str, value: bytes, ttl_s: int | None = None) -> bool: ...
 
     async def exists(self, kind: str, key: str) -> bool: ...
+
+    async def put_many(self, items: Sequence[Item]) -> bool:
+        """Write several values at once (one round trip): True when every one was stored."""
+        ...
+
+    async def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        """``get`` of several keys in one round trip."""
+        ...
+
+    async def touch(self, kind: str, keys: Sequence[str], ttl_s: int | None = None) -> list[bool]:
+        """Whether each key is present, its life set to ``ttl_s`` from now (None: only checked).
+        One round trip: a cache hit keeps what it names alive as long as the run it answers."""
+        ...
 
     async def ping(self) -> bool: ...
 
@@ -102,6 +116,15 @@ def _emit(hook: EventHook | None, event: str) -> None:
         hook(event)
     except Exception:  # a broken metrics callback must not break caching
         logger.exception("store event hook failed on %r", event)
+
+
+class Item(NamedTuple):
+    """One value to write with ``put_many``."""
+
+    kind: str
+    key: str
+    value: bytes
+    ttl_s: int | None = None
 
 
 class _Entry(NamedTuple):
@@ -151,6 +174,21 @@ class MemoryStore:
     async def exists(self, kind: str, key: str) -> bool:
         return self._lookup(full_key(kind, key)) is not None
 
+    async def put_many(self, items: Sequence[Item]) -> bool:
+        for it in items:
+            _check_ttl(it.ttl_s)
+        ok = True
+        for it in items:
+            ok &= self._store(full_key(it.kind, it.key), _as_bytes(it.value), it.ttl_s)
+        return ok
+
+    async def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(kind, k) for k in keys]
+
+    async def touch(self, kind: str, keys: Sequence[str], ttl_s: int | None = None) -> list[bool]:
+        _check_ttl(ttl_s)
+        return [self._extend(full_key(kind, k), ttl_s) for k in keys]
+
     async def ping(self) -> bool:
         return True
 
@@ -179,6 +217,15 @@ class MemoryStore:
             return None
         self._entries.move_to_end(full)
         return entry.value
+
+    def _extend(self, full: str, ttl_s: int | None) -> bool:
+        """Whether ``full`` is present; its expiry set to ``ttl_s`` from now (as Redis' EXPIRE)."""
+        value = self._lookup(full)
+        if value is None:
+            return False
+        if ttl_s is not None:
+            self._entries[full] = _Entry(value, self._clock() + ttl_s)
+        return True
 
     def _store(self, full: str, value: bytes, ttl_s: int | None) -> bool:
         # Drop any older value first: if the new one is refused, a later get must miss rather
@@ -299,6 +346,67 @@ class RedisStore:
             return True
         reply = await self._attempt(lambda: self._client.exists(full))
         return isinstance(reply, int) and reply > 0
+
+    async def put_many(self, items: Sequence[Item]) -> bool:
+        if not items:
+            return True
+        rows = []
+        for it in items:
+            _check_ttl(it.ttl_s)
+            rows.append((full_key(it.kind, it.key), _as_bytes(it.value), it.ttl_s))
+
+        async def write() -> list[object]:
+            pipe = self._client.pipeline(transaction=False)
+            for full, data, ttl in rows:
+                pipe.set(full, data, ex=ttl)
+            replies: list[object] = await pipe.execute()
+            return replies
+
+        replies = await self._attempt(write)
+        ok = not isinstance(replies, _Failed)
+        for i, (full, data, ttl) in enumerate(rows):
+            if ok and isinstance(replies, list) and replies[i]:
+                self._fallback._discard(full)
+            else:
+                ok = False
+                self._fallback._store(full, data, ttl)
+        return ok
+
+    async def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        fulls = [full_key(kind, k) for k in keys]
+        out: list[bytes | None] = [self._fallback._lookup(f) for f in fulls]
+        remote = [f for f, v in zip(fulls, out) if v is None]
+        if remote:
+            reply = await self._attempt(lambda: self._client.mget(remote))
+            if isinstance(reply, list):
+                found = dict(zip(remote, reply))
+                out = [v if v is not None else (r if isinstance(r := found.get(f), bytes) else None)
+                       for f, v in zip(fulls, out)]
+        for v in out:
+            _emit(self._on_event, "miss" if v is None else "hit")
+        return out
+
+    async def touch(self, kind: str, keys: Sequence[str], ttl_s: int | None = None) -> list[bool]:
+        _check_ttl(ttl_s)
+        fulls = [full_key(kind, k) for k in keys]
+        local = [self._fallback._extend(f, ttl_s) for f in fulls]
+        remote = [f for f, here in zip(fulls, local) if not here]
+        if not remote:
+            return local
+
+        async def check() -> list[object]:
+            pipe = self._client.pipeline(transaction=False)
+            for full in remote:
+                if ttl_s is None:
+                    pipe.exists(full)
+                else:
+                    pipe.expire(full, ttl_s)
+            replies: list[object] = await pipe.execute()
+            return replies
+
+        replies = await self._attempt(check)
+        answers = dict(zip(remote, replies)) if isinstance(replies, list) else {}
+        return [here or bool(answers.get(f)) for f, here in zip(fulls, local)]
 
     async def ping(self) -> bool:
         """Ask Redis now, ignoring the back-off: this is the explicit health check."""

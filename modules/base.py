@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -82,6 +82,22 @@ class Module(ABC):
         """Give back what ``load`` took, so another module fits on the device; the pool calls ``load``
         again before the next call. A module that reports ``memory_bytes`` must free it here."""
         return None  # symbolic modules hold nothing
+
+    def inline(self, args: Mapping[str, Any]) -> bool:
+        """Whether this call is quick enough to run on the event loop, skipping the device's queue
+        (a symbolic module that needs a model only for some arguments says so per call)."""
+        return self.cheap
+
+    def general_call(self, consts: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Constant arguments of a broader call whose output this call's is computed from by
+        ``refine`` (LOC of every object, then the phrase's filter), or None. The executor computes
+        (or finds in the cache) the broader call once for every phrase on the same inputs, and runs
+        ``refine`` on the event loop: offer a general call only where refining is quick."""
+        return None
+
+    def refine(self, general: Any, args: Mapping[str, Any]) -> Any:
+        """This call's output from the broader call's (``general_call``); raises ModuleError."""
+        raise NotImplementedError(f"{self.name} offers no general call")
 
     @abstractmethod
     def forward(self, batch: Sequence[dict[str, Any]]) -> list[Any]:

@@ -4,7 +4,8 @@ event loop on one worker per device, and batchable modules merge concurrent call
 Placement: each module goes where ``NSX_MODULE_DEVICES`` puts it (by name, or pack-qualified), else on
 the pool's device; with ``NSX_DEVICE=auto|cuda``, several CUDA devices visible and no mapping for a
 module, models with weights are spread across the devices by size (``device.spread``). Symbolic
-(``cheap``) modules always run on the event loop.
+(``cheap``) modules always run on the event loop, and so do the calls a module marks ``inline`` (a
+filter by known words): they never queue behind a device's batches.
 
 Memory: with a budget for a device (``NSX_DEVICE_MEMORY_MB``), a module about to load there first
 unloads the least recently used idle modules on that device until its size fits (its measured size
@@ -352,7 +353,7 @@ class Pool:
             await self._ensure_loaded(q)
         if state.state != "ready":
             raise ModuleUnavailable(f"{name} could not be loaded ({state.error})")
-        if module.cheap:
+        if module.cheap or (not module.batchable and module.inline(args)):
             t0 = time.perf_counter()
             value = module.forward([args])[0]
             if isinstance(value, BaseException):

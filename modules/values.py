@@ -24,7 +24,6 @@ def sha256_key(data: bytes) -> str:
 Mask = NDArray[np.bool_]
 
 
-@dataclass(frozen=True, eq=False)
 class ImageValue:
     """An RGB image and the key it is known by: sha256 of the uploaded bytes, or the step key that made it.
 
@@ -32,17 +31,34 @@ class ImageValue:
     grid for an edit that moves no pixel (BGBLUR, EMOJI, TAG…). Boxes found on any image of a grid
     land on the same pixels of every other, so an edit of an edit may use objects found on the
     original; the key alone could not say so, since every edit's output has a key of its own.
-    ``region`` is the mask an edit worked on, kept as an artifact of its step for the audit trail."""
+    ``region`` is the mask an edit worked on, kept as an artifact of its step for the audit trail.
+
+    An image read from stored bytes (``stored``) decodes its pixels on first use: a run whose steps
+    all hit the cache never needs them. Treat it as immutable."""
 
     nsx_type: ClassVar[Type] = IMAGE
-    image: Image.Image
-    key: str
-    grid: str = ""  # empty: its own key
-    region: Mask | None = field(default=None, repr=False)
+    __slots__ = ("_data", "_image", "_size", "grid", "key", "region")
 
-    def __post_init__(self) -> None:
-        if not self.grid:
-            object.__setattr__(self, "grid", self.key)
+    def __init__(self, image: Image.Image, key: str, grid: str = "", region: Mask | None = None) -> None:
+        self._image: Image.Image | None = image
+        self._data: bytes | None = None
+        self._size: tuple[int, int] = image.size
+        self.key = key
+        self.grid = grid or key
+        self.region = region
+
+    def __repr__(self) -> str:
+        return f"ImageValue(key={self.key!r}, size={self._size[0]}x{self._size[1]})"
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            assert self._data is not None  # one of the two is always set
+            img = Image.open(io.BytesIO(self._data))
+            img.load()
+            # Two threads decoding at once both assign the same pixels: harmless.
+            self._image = img.convert("RGB")
+        return self._image
 
     def edited(self, image: Image.Image, region: Mask | None = None) -> ImageValue:
         """``image``, made from this one without moving a pixel, on this one's grid. Its key is a
@@ -51,17 +67,29 @@ class ImageValue:
 
     @property
     def width(self) -> int:
-        return self.image.width
+        return self._size[0]
 
     @property
     def height(self) -> int:
-        return self.image.height
+        return self._size[1]
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ImageValue:
+        """Decoded now: bytes a client just sent are checked in full before anything is stored."""
         img = Image.open(io.BytesIO(data))
         img.load()
         return cls(img.convert("RGB"), sha256_key(data))
+
+    @classmethod
+    def stored(cls, data: bytes, key: str) -> ImageValue:
+        """Bytes checked when they were stored under ``key``: only the header is read now."""
+        with Image.open(io.BytesIO(data)) as probe:
+            size = probe.size
+        value = cls.__new__(cls)
+        value._image, value._data, value._size = None, data, size
+        value.key = value.grid = key
+        value.region = None
+        return value
 
     def png(self) -> bytes:
         buf = io.BytesIO()

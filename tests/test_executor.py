@@ -173,3 +173,20 @@ async def test_hits_do_not_decode_images_nobody_needs(setup: Any) -> None:
     more = await executor.execute(plan(executor, text + "m = COUNT(box=REGION(image=B, box=[0, 0, 3, 3]))\n"),
                                   {"IMAGE": image()})
     assert more.status == "succeeded" and store.art_reads == 1
+
+
+async def test_a_stored_image_is_decoded_only_when_a_step_needs_its_pixels(setup: Any) -> None:
+    executor, _ = setup
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 8, 7)).save(buf, format="PNG")
+    data = buf.getvalue()
+    p = plan(executor, "c = CROP(image=IMAGE, box=REGION(image=IMAGE, box=[0, 0, 20, 10]))\n"
+                       "n = COUNT(box=LOC(image=c, object='TOP'))\n")
+    first = ImageValue.stored(data, ImageValue.from_bytes(data).key)
+    assert (first.width, first.height) == (40, 30) and first._image is None  # the header alone
+    ran = await executor.execute(p, {"IMAGE": first}, decode_result=False)
+    assert ran.status == "succeeded" and first._image is not None
+    again = ImageValue.stored(data, first.key)
+    hit = await executor.execute(p, {"IMAGE": again}, decode_result=False)
+    assert {s.cache for s in hit.steps} == {"hit"} and hit.result_json == ran.result_json
+    assert again._image is None  # every step hit: no pixel was needed

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from app.store import MemoryStore, RedisStore, Store, full_key, open_store
+from app.store import Item, MemoryStore, RedisStore, Store, full_key, open_store
 from tests.conftest import RedisServer, free_port
 
 BINARY_VALUES = [
@@ -78,6 +78,57 @@ async def test_exists_and_overwrite(store: Store) -> None:
     assert await store.exists("run", "r1") is True
     await store.put("run", "r1", b"done")
     assert await store.get("run", "r1") == b"done"
+
+
+async def test_many_at_once(store: Store) -> None:
+    items = [Item("art", f"k{i}", bytes([i]) * i, 60) for i in range(5)] + [Item("step", "s", b"doc", None)]
+    assert await store.put_many(items) is True
+    assert await store.put_many([]) is True
+    assert await store.get_many("art", ["k3", "nope", "k0"]) == [b"\x03\x03\x03", None, b""]
+    assert await store.touch("art", ["k1", "nope", "k4"], 120) == [True, False, True]
+    assert await store.touch("step", ["s"]) == [True]
+    assert await store.touch("art", []) == []
+
+
+async def test_touch_sets_a_new_life() -> None:
+    now = [0.0]
+    s = MemoryStore(clock=lambda: now[0])
+    await s.put("art", "a", b"x", 10)
+    now[0] = 8.0
+    assert await s.touch("art", ["a"], 10) == [True]
+    now[0] = 15.0  # past its first life, inside the one the touch gave it
+    assert await s.get("art", "a") == b"x"
+    now[0] = 18.5
+    assert await s.touch("art", ["a"], 10) == [False]
+
+
+async def test_redis_touch_sets_the_ttl(redis_url: str) -> None:
+    s = RedisStore(redis_url)
+    try:
+        await s.put_many([Item("art", "t", b"x", 5)])
+        assert await s.touch("art", ["t"], 1000) == [True]
+        with plain_client(redis_url) as c:
+            assert 990 < c.ttl(full_key("art", "t")) <= 1000
+    finally:
+        await s.close()
+
+
+async def test_redis_many_at_once_during_an_outage(redis_server: RedisServer) -> None:
+    s = RedisStore(redis_server.url, retry_after_s=0.5)
+    try:
+        assert await s.put_many([Item("art", "before", b"b")]) is True
+        redis_server.stop()
+        with quick():
+            assert await s.put_many([Item("art", "a", b"1"), Item("step", "s", b"2")]) is False
+            # What went to the fallback still reads and touches; what only Redis had is a miss.
+            assert await s.get_many("art", ["a", "before"]) == [b"1", None]
+            assert await s.touch("art", ["a", "before"], 60) == [True, False]
+        redis_server.start()
+        await asyncio.sleep(0.6)
+        assert await s.put_many([Item("art", "after", b"3")]) is True
+        assert await s.get_many("art", ["after", "a"]) == [b"3", b"1"]
+    finally:
+        await s.close()
 
 
 async def test_ttl_expiry(store: Store) -> None:

@@ -15,6 +15,7 @@ from ..deps import service
 from ..errors import ApiError, responses
 from ..inputs import decode_image, read_limited
 from ..records import ARTIFACT_PATH, UploadedImage, linked
+from ..serialize import DecodeError, is_rle, rle_png
 from ..service import Service
 
 router = APIRouter(tags=["images"])
@@ -61,11 +62,17 @@ async def get_artifact(key: str, svc: Service = Depends(service)) -> Response:
     if len(key) > 200:
         raise ApiError(404, "no such artifact")
     data = await svc.store.get("art", key)
+    if data is not None and is_rle(data):
+        try:
+            return Response(rle_png(data), media_type="image/png")  # a mask, drawn only when asked for
+        except DecodeError:
+            raise ApiError(404, f"artifact {key} is unreadable", hint="run the program again") from None
     if data is not None:
         return Response(data, media_type="image/png" if data.startswith(b"\x89PNG") else "application/octet-stream")
     data = await svc.store.get("img", key)
     if data is not None:
-        return Response(ImageValue.from_bytes(data).png(), media_type="image/png")
+        png = data if data.startswith(b"\x89PNG") else ImageValue.stored(data, key).png()
+        return Response(png, media_type="image/png")
     data = await svc.store.get("step", key)
     if data is not None:
         return JSONResponse(linked(json.loads(data)))

@@ -37,7 +37,7 @@ async def create_run(request: Request, svc: Service = Depends(service)) -> Respo
     run = await read_run(request, svc.settings, svc.store)
     record = await svc.runs.run(run.program, run.images, cache=run.options.cache, timeout_s=run.options.timeout_s,
                                 started=t0)
-    return Response(record.model_dump_json(), media_type="application/json")
+    return Response(record.encoded(), media_type="application/json")
 
 
 async def _stored(svc: Service, run_id: str) -> bytes:

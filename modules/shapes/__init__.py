@@ -215,8 +215,14 @@ class _Worded(FunctionModule):
 
     cheap = False
 
+    def inline(self, args: Mapping[str, Any]) -> bool:
+        # Known words need no model: the call is a filter over attributes, done in microseconds.
+        return concepts_mod.shared().exact(str(args.get("value", "")))
+
     def warmup(self) -> None:
-        concepts_mod.shared().warm()
+        # The mapper is made, not warmed: its text model loads on first need or in the background
+        # once the service is ready (``modules.words.warm_all``), never during start-up.
+        concepts_mod.shared()
 
 
 # ----------------------------------------------------------------------------- LOC
@@ -281,6 +287,21 @@ class Loc(Module):
             raise ModuleError("LOC's networks are not loaded")
         return self.detector, self.attrnet
 
+    def general_call(self, consts: Mapping[str, Any]) -> dict[str, Any] | None:
+        # Every phrase is a filter over the image's one detection: LOC(IMAGE, 'red circle') after
+        # LOC(IMAGE, 'object') runs no network. Only phrases of known words, so ``refine`` never
+        # needs the text model (it runs on the event loop); the rest run LOC as they are.
+        phrase = str(consts.get("object", "object"))
+        if phrase == "object" or not (self.mapper or concepts_mod.shared()).exact(phrase):
+            return None
+        return {**consts, "object": "object"}
+
+    def refine(self, general: Any, args: Mapping[str, Any]) -> Any:
+        if not isinstance(general, Objects):
+            raise ModuleError(f"LOC's detection is a {type(general).__name__}, not objects")
+        q = (self.mapper or concepts_mod.shared()).phrase(str(args.get("object", "object")))
+        return general.with_items([_with_matched(o, q) for o in general if q.accepts(values_of(o))])
+
     def warmup(self) -> None:
         import torch
 
@@ -293,7 +314,7 @@ class Loc(Module):
         c = attrnet.cfg.crop
         with torch.inference_mode():
             attrnet(torch.zeros((1, 4, c, c), device=self.device), torch.zeros((1, 3), device=self.device))
-        (self.mapper or concepts_mod.shared()).warm()
+        concepts_mod.shared()  # made, not warmed: as in _Worded.warmup
 
     def _tensor(self, images: Sequence[Image.Image]) -> Any:
         """The detector's input for ``images``: B×3×S×S in [0, 1], on the CPU."""
