@@ -15,7 +15,8 @@ _REFUSED = json.dumps({"errors": [{"message": "missing or wrong API key",
                                    "hint": "send it as 'Authorization: Bearer <key>' or 'X-API-Key'"}]}).encode()
 
 
-def service(request: Request) -> Service:
+async def service(request: Request) -> Service:
+    # async: FastAPI runs a plain function dependency on a thread pool, a thread hop per request.
     svc: Service = request.app.state.svc
     return svc
 

@@ -4,7 +4,6 @@ by its content key before anything is computed, and identical steps in flight ar
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +16,7 @@ from modules.values import ImageValue, step_output
 from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, type_of
 
 from .records import StepRecord
-from .serialize import DecodeError, artifact_keys, decode, doc_type, encode, to_bytes
+from .serialize import DecodeError, artifact_keys, decode, doc_type, encode, from_bytes, to_bytes
 from .store import Item, Store
 
 log = logging.getLogger("nsx.executor")
@@ -94,6 +93,7 @@ class _Run:
     done: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
     # Step outputs read for the whole plan at once, by key (None: not in the cache).
     prefetched: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    keyed: dict[str, _Keyed] = field(default_factory=dict)
     # Outputs of broader calls (``Module.general_call``) this run has, by key: its other phrases reuse them.
     generals: dict[str, Any] = field(default_factory=dict)
     general_tasks: dict[str, asyncio.Task[_Computed]] = field(default_factory=dict)
@@ -203,7 +203,7 @@ class Executor:
                 rec.status, rec.error = "skipped", f"input {', '.join(bad)} failed"
                 return False
         args = {n: run.resolve(s) for n, s in step.args.items()}
-        keyed = self._keyed(run, step)
+        keyed = run.keyed.get(step.id) or self._keyed(run, step)
         module, key = keyed.module, keyed.key
         self._check_types(step, module, args)
         rec.key, rec.inputs = key, keyed.input_keys
@@ -323,7 +323,7 @@ class Executor:
                 keyed = self._keyed(run, step)
             except KeyError:  # an input that cannot be keyed (a step that will be skipped)
                 continue
-            run.keys[step.id] = keyed.key
+            run.keys[step.id], run.keyed[step.id] = keyed.key, keyed
             wanted.append(keyed.key)
             if keyed.general_key is not None:
                 wanted.append(keyed.general_key)
@@ -346,7 +346,7 @@ class Executor:
         if raw is None:
             return None
         try:
-            doc: dict[str, Any] = json.loads(raw)
+            doc: dict[str, Any] = from_bytes(raw)
             artifact_keys(doc)  # a doc whose artifacts cannot be listed is as good as missing
             return doc
         except (ValueError, KeyError, TypeError) as e:

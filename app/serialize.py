@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import pydantic_core
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -158,8 +159,15 @@ def artifact_keys(doc: dict[str, Any]) -> list[str]:
     return []
 
 
-def to_bytes(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+def to_bytes(doc: Any) -> bytes:
+    """Compact UTF-8 JSON, as ``json.dumps`` writes it (NaN included), through pydantic's Rust
+    encoder: several times faster, and every computed step's output is written this way."""
+    return pydantic_core.to_json(doc, inf_nan_mode="constants")
+
+
+def from_bytes(data: bytes) -> Any:
+    """``json.loads``, through pydantic's Rust parser (twice as fast: every cache hit parses its step)."""
+    return pydantic_core.from_json(data)
 
 
 async def decode(doc: dict[str, Any], fetch: Fetch) -> Any:
