@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from modules.commands import Commands, add_pack_commands
-from modules.packs import PackError, build_catalog, load_packs
+from modules.packs import PackError, build_catalog, load_packs, resolve_modules
 from modules.values import ImageValue
 from program_dsl import IMAGE, Catalog, ProgramError, compile_cached, compile_program, format_program
 
@@ -145,10 +145,12 @@ async def _run(args: argparse.Namespace) -> int:
     images = _images(args.image)
     metrics = Metrics()
     with _pack_errors():
-        pool = make_pool(settings, load_packs(settings.pack_list()), metrics)
+        packs = load_packs(settings.pack_list())
+        catalog = build_catalog(packs, settings.module_choices())
     try:
-        # Compiled once, here, with the service's limits: the run below takes this plan.
-        plan = compile_cached(text, pool.catalog, dict.fromkeys(images, IMAGE) if images else None,
+        # Compiled once, here, against the catalog (no model needed) with the service's limits:
+        # the run below takes this plan.
+        plan = compile_cached(text, catalog, dict.fromkeys(images, IMAGE) if images else None,
                               settings.program_limits())
     except ProgramError as e:
         print(e.render(args.program), file=sys.stderr)
@@ -157,8 +159,21 @@ async def _run(args: argparse.Namespace) -> int:
     if missing:
         print(f"nsx: the program uses {', '.join(missing)}; pass --image {missing[0]}=PATH", file=sys.stderr)
         return 2
+    modules, default = resolve_modules(packs, settings.module_choices())
+    # As the pool names a step's module (``Pool.qualified``).
+    named = (f"{s.pack}.{s.module}" if f"{s.pack}.{s.module}" in modules else default.get(s.module)
+             for s in plan.steps)
+    needed = {q for q in named if q is not None}
+    # Only the plan's modules load, and the text model only if a step needs it. A plan of symbolic
+    # modules touches no device, so "auto" need not look for one (which imports torch).
+    update: dict[str, Any] = {"lazy_load": True}
+    if settings.device.lower() == "auto" and all(modules[q].cheap for q in needed):
+        update["device"] = "cpu"
+    settings = settings.model_copy(update=update)
+    with _pack_errors():
+        pool = make_pool(settings, packs, metrics)
     console = Console(stderr=True)
-    async with running(settings, pool, metrics, wait=True) as svc:
+    async with running(settings, pool, metrics, wait=True, load=needed, text_model="lazy") as svc:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=args.json or not console.is_terminal) as progress:
             task = progress.add_task("running", total=len(plan.steps))
@@ -209,6 +224,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    """Run the repository's bench/all.py, found beside the ``app`` package this nsx was loaded from."""
+    import shlex
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    script = root / "bench" / "all.py"
+    if not script.is_file():
+        print(f"nsx: `nsx bench all` runs the benchmark scripts of a checkout of the repository, and this nsx is "
+              f"installed without one (no {script}); run it from a clone, e.g. `pip install -e .` there",
+              file=sys.stderr)
+        return 2
+    flags = [*(["--quick"] if args.quick else []), *(["--readme"] if args.readme else []),
+             *(["--only", args.only] if args.only else [])]
+    command = shlex.join(["nsx", "bench", "all", *flags])
+    return subprocess.call([sys.executable, str(script), *flags, "--command", command], cwd=root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsx", description="Neuro-symbolic program executor.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_modules)
     bench = sub.add_parser("bench", help="benchmarks that packs provide").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("all", help="every benchmark in bench/: results in bench/results/, the README's table")
+    p.add_argument("--quick", action="store_true", help="fewer repeats: all of them in under 5 minutes")
+    p.add_argument("--readme", action="store_true", help="also put the table into README.md between its markers")
+    p.add_argument("--only", metavar="NAME,...", help="only these: dsl, startup, overhead, cache, batching, workload")
+    p.set_defaults(fn=cmd_bench_all)
     add_pack_commands(Commands(sub, bench, _open_runner))
     return parser
 

@@ -176,6 +176,9 @@ class Readiness(BaseModel):
     store_available: bool
     modules: dict[str, str] = Field(
         description="qualified module name → pending | loading | ready | failed | unloading | unloaded")
+    text_model: Literal["not loaded", "loading", "ready", "failed"] | None = Field(
+        None, description="the shared text model, for words outside the packs' own lists: it loads in the background "
+                          "once the modules are ready, or on first need; readiness does not wait for it")
 
 
 # -- links -------------------------------------------------------------------------------------

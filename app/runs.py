@@ -4,6 +4,7 @@ counted the same way wherever it comes from."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from modules.batching import QueueFull
 from modules.pool import Pool
+from modules.routing import may_load
 from modules.values import ImageValue
 from program_dsl import IMAGE, Limits, Plan, ProgramError, compile_cached
 
@@ -49,6 +51,14 @@ class RunService:
                 self.metrics.program_errors.inc()
             raise
 
+    async def compile_async(self, program: str, image_names: Iterable[str] | None, *, count: bool = True) -> Plan:
+        """``compile``, on a thread while routing may still have to load the text model (seconds),
+        so the event loop keeps answering; on the loop once it is loaded (a thread hop costs more
+        than most compiles)."""
+        if may_load(self.pool.catalog.routes.values()):
+            return await asyncio.to_thread(self.compile, program, image_names, count=count)
+        return self.compile(program, image_names, count=count)
+
     async def run(self, program: str, images: Mapping[str, ImageValue], *, cache: bool = True,
                   timeout_s: float | None = None, on_step: StepHook | None = None,
                   started: float | None = None, plan: Plan | None = None) -> RunRecord:
@@ -56,7 +66,7 @@ class RunService:
         ProgramError before anything runs, QueueFull when the service is at capacity; a run that
         fails in a step is a record with status "failed"."""
         t0 = started if started is not None else time.perf_counter()
-        plan = plan if plan is not None else self.compile(program, images)
+        plan = plan if plan is not None else await self.compile_async(program, images)
         compile_ms = (time.perf_counter() - t0) * 1000
         limit = self.run_limits.run_timeout_s
         timeout = min(timeout_s or limit, limit)

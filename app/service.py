@@ -4,11 +4,13 @@ app's lifespan, ``nsx run`` and the packs' tools (through ``open_runner``) all s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from modules import words
 from modules.base import Pack
 from modules.gallery import Galleries
 from modules.pool import Pool
@@ -29,10 +31,17 @@ class Service:
     metrics: Metrics
     loading: asyncio.Task[None] | None = None
     galleries: Galleries = field(default_factory=Galleries)
+    # The text model and the vocabularies' embeddings, loaded in the background once the modules
+    # are: readiness does not wait for them (exact words never need them).
+    warming: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
         return self.pool.ready and self.loading is not None and self.loading.done()
+
+    @property
+    def text_model(self) -> words.TextModelState:
+        return words.text_model_state()
 
 
 def make_pool(settings: Settings, packs: Sequence[Pack], metrics: Metrics) -> Pool:
@@ -42,9 +51,14 @@ def make_pool(settings: Settings, packs: Sequence[Pack], metrics: Metrics) -> Po
 
 
 @asynccontextmanager
-async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: bool = False) -> AsyncIterator[Service]:
+async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: bool = False,
+                  load: Iterable[str] | None = None,
+                  text_model: Literal["background", "lazy"] = "background") -> AsyncIterator[Service]:
     """The service over ``pool`` until the block ends. Models load in the background (``/readyz``
-    tells when they are warm) unless ``wait``, which returns once every module has loaded."""
+    tells when they are warm) unless ``wait``, which returns once every module has loaded (and the
+    text model, when it loads in the background). ``load``: only these qualified modules (the rest
+    on first need). ``text_model``: "background" loads the shared text model once the modules are
+    loaded, "lazy" only when a phrase needs it."""
     store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024, on_event=metrics.on_store_event)
     executor = Executor(pool, store, step_ttl_s=settings.step_ttl_s, step_timeout_s=settings.step_timeout_s,
                         on_cache=metrics.on_cache,
@@ -57,26 +71,37 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
                              max_pixels=settings.max_image_pixels)
     svc = Service(settings, pool, store, runs, metrics, galleries=galleries)
     galleries.expect_load()
-    svc.loading = asyncio.create_task(_start(pool, galleries, settings.gallery_dir))
+    svc.loading = asyncio.create_task(_start(pool, galleries, settings.gallery_dir, load))
+    if text_model == "background":
+        svc.warming = asyncio.create_task(_warm_words(svc.loading, pool))
     try:
         if wait:
             await svc.loading
+            if svc.warming is not None:
+                await svc.warming
         yield svc
     finally:
-        if not svc.loading.done():
-            svc.loading.cancel()
+        for task in (svc.loading, svc.warming):
+            if task is not None and not task.done():
+                task.cancel()
         await pool.close()
         await store.close()
 
 
-async def _start(pool: Pool, galleries: Galleries, folder: Path | None) -> None:
+async def _start(pool: Pool, galleries: Galleries, folder: Path | None, load: Iterable[str] | None) -> None:
     # Galleries after the models: embedding their images needs the same models, and /readyz waits
     # for both, so no run meets a gallery that is still half loaded. Loaded even when a model
     # fails, since writes to the galleries wait for it.
     try:
-        await pool.start()
+        await pool.start(load)
     finally:
         await galleries.load(folder)
+
+
+async def _warm_words(loading: asyncio.Task[None], pool: Pool) -> None:
+    # After the modules, whatever became of them: start-up does not share the CPU with it.
+    await asyncio.wait([loading])
+    await pool.warm_words()
 
 
 class ModulesFailed(RuntimeError):

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modules.device import parse_device_memory, parse_module_devices
+from modules.device import default_torch_threads, parse_device_memory, parse_module_devices
 from modules.pool import PoolConfig
 from program_dsl import Limits
 
@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more calls")
     max_queue: int = Field(256, ge=1, description="calls queued per module before new runs get 429")
     max_concurrent_runs: int = Field(512, ge=1, description="runs executing at once before new ones get 429")
+    torch_threads: int | None = Field(
+        None, ge=1, description="threads per torch op on the CPU; unset → one less than the cores (at least 1), "
+                                "so the event loop keeps a core while a batch runs")
+    switch_interval_ms: float = Field(
+        5.0, gt=0, description="how long a thread waits for the GIL before asking for it (Python's "
+                               "sys.setswitchinterval); shorter lets a model's worker thread get it back "
+                               "sooner from a busy event loop")
     lazy_load: bool = Field(False, description="load models on first use instead of at start-up")
     module_packs: str | None = Field(
         None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
@@ -49,7 +56,7 @@ class Settings(BaseSettings):
         None, description="galleries to load at start-up: faces/Nicole Kidman.jpg or faces/Nicole Kidman/*.jpg")
 
     @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", "gallery_dir",
-                     "module_devices", "device_memory_mb", mode="before")
+                     "module_devices", "device_memory_mb", "torch_threads", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -85,7 +92,9 @@ class Settings(BaseSettings):
                           max_wait_ms=self.batch_wait_ms, max_queue=self.max_queue, lazy=self.lazy_load,
                           choose=self.module_choices(), strict=self.packs is not None,
                           module_devices=parse_module_devices(self.module_devices),
-                          device_memory=parse_device_memory(self.device_memory_mb))
+                          device_memory=parse_device_memory(self.device_memory_mb),
+                          torch_threads=self.torch_threads or default_torch_threads(),
+                          switch_interval_ms=self.switch_interval_ms)
 
     def key_set(self) -> set[str]:
         return {k.strip() for k in self.api_keys.split(",") if k.strip()} if self.api_keys else set()

@@ -7,7 +7,9 @@ placement that only fails when the first request reaches a missing GPU would fai
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -122,3 +124,30 @@ def spread(sizes: Mapping[str, int], devices: Iterable[str],
         out[unit] = device
         load[device] += size
     return out
+
+
+def default_torch_threads(cores: int | None = None) -> int:
+    """Threads for one torch op on the CPU: every core but one, which the event loop needs to take
+    requests while a batch runs (torch's own default, every core, leaves it none)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
+def configure_torch(threads: int | None) -> None:
+    """Give the calling thread's torch ops ``threads`` CPU threads (None: torch's default). Called on
+    each device's worker thread as it starts: torch keeps the count per thread once a thread has used it."""
+    if threads is None or importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def configure_switch_interval(ms: float | None) -> None:
+    """How long a thread waiting for the GIL waits before it asks the holder to let go (None: Python's
+    5 ms). A worker thread re-takes the GIL after every torch call; beside a busy event loop each
+    re-take waits this long, so a short interval is what keeps a batch's many small calls quick."""
+    if ms is not None:
+        sys.setswitchinterval(ms / 1000)

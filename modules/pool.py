@@ -11,13 +11,20 @@ Memory: with a budget for a device (``NSX_DEVICE_MEMORY_MB``), a module about to
 unloads the least recently used idle modules on that device until its size fits (its measured size
 after an earlier load, else ``expected_bytes``). A module with calls queued or running is never
 unloaded; an unloaded one loads again on its next call. Loads on a budgeted device are serialised,
-so two loads never both count the same free bytes."""
+so two loads never both count the same free bytes.
+
+Start-up: packs load at the same time where there are cores to spare (``LOAD_THREADS``), each
+pack's modules one after another (they may share a model), on load threads of their own, so the
+device workers stay free and one pack's file reads and device copies overlap another's. The shared
+text model (``modules.words``) is not loaded then: it
+loads on first need, or when ``warm_words`` is called (the service does so once it is ready)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +33,33 @@ from typing import Any, NamedTuple
 
 from program_dsl import Catalog, Plan
 
-from .base import Module, ModuleError, Pack
+from . import words
+from .base import FunctionModule, Module, ModuleError, Pack
 from .batching import Batcher, BatchHook, BatchStats, Called, QueueFull, run_forward
-from .device import PlacementError, canonical, check_present, cuda_count, resolve_device, spread
+from .device import (
+    PlacementError,
+    canonical,
+    check_present,
+    configure_switch_interval,
+    configure_torch,
+    cuda_count,
+    resolve_device,
+    spread,
+)
 from .packs import build_catalog, resolve_modules
-from .routing import Router
 
 log = logging.getLogger("nsx.pool")
+
+
+def _load_threads() -> int:
+    # Packs loading at once at start-up. Most of a load holds the GIL (imports, graph building);
+    # only file reads, runtime sessions, warm-up forwards and device copies overlap. On two cores
+    # two load threads were slower than one (more CPU, lost to contention), so a core is left over.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores - 1))
+
+
+LOAD_THREADS = _load_threads()
 
 
 class ModuleUnavailable(ModuleError):
@@ -55,6 +82,10 @@ class PoolConfig:
     module_devices: Mapping[str, str] = field(default_factory=dict)
     # Device → memory budget in bytes; a device without one loads whatever it is asked to.
     device_memory: Mapping[str, int] = field(default_factory=dict)
+    # Threads per torch op on each device's worker (None: torch's default, every core).
+    torch_threads: int | None = None
+    # sys.setswitchinterval for the process, in ms (None: leave Python's 5 ms).
+    switch_interval_ms: float | None = None
 
 
 class MemoryRow(NamedTuple):
@@ -95,6 +126,7 @@ class Pool:
             module.device = self.placement[qname]
         self.budgets = {check_present(d, f"NSX_DEVICE_MEMORY_MB ({d})"): b
                         for d, b in self.config.device_memory.items()}
+        configure_switch_interval(self.config.switch_interval_ms)
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._batchers: dict[str, Batcher] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -123,8 +155,10 @@ class Pool:
         unplaced: list[str] = []
         for qname, module in self.modules.items():
             named = mapping.get(qname) or mapping.get(module.name)
-            if module.cheap:
-                out[qname] = "cpu"  # runs on the event loop whatever a mapping says
+            if module.cheap or isinstance(module, FunctionModule):
+                # On the event loop, or (a function of its arguments that takes time: pixel edits)
+                # on the symbolic worker: never in a device's queue, whatever a mapping says.
+                out[qname] = "cpu"
             elif named is not None:
                 out[qname] = named
             else:
@@ -153,11 +187,20 @@ class Pool:
                 out[qname] = placed.get(self.modules[qname].memory_group() or qname, self.device)
         return out
 
+    def _symbolic(self) -> ThreadPoolExecutor:
+        """Where symbolic modules that take time run (pixel edits, a filter by an unseen word): apart
+        from every device's worker, so they never wait behind a batch of neural work."""
+        if "symbolic" not in self._workers:
+            self._workers["symbolic"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nsx-symbolic")
+        return self._workers["symbolic"]
+
     def _worker(self, device: str) -> ThreadPoolExecutor:
         # One worker per device: kernels on one device queue there anyway, and the loop stays free.
         device = canonical(device)
         if device not in self._workers:
-            self._workers[device] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nsx-{device}")
+            self._workers[device] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nsx-{device}",
+                                                       initializer=configure_torch,
+                                                       initargs=(self.config.torch_threads,))
         return self._workers[device]
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -168,19 +211,42 @@ class Pool:
             return all(s.state != "failed" for s in counted)
         return all(s.state in SERVING for s in counted)
 
-    async def start(self) -> None:
-        """Load and warm every module (unless lazy); one that fails is marked failed, not fatal."""
-        if self.config.lazy:
+    async def start(self, only: Iterable[str] | None = None) -> None:
+        """Load and warm every module (unless lazy), or the qualified names in ``only`` (lazy or
+        not); one that fails is marked failed, not fatal. Packs load at the same time, each one's
+        modules in its order; the text model is left to load on first need (``warm_words``)."""
+        if only is None and self.config.lazy:
             return
-        for qname in self.modules:
-            await self._ensure_loaded(qname)
-        for route in self.catalog.routes.values():
-            if isinstance(route, Router):
-                # Off the loop: it may load the text model; until it is done a compile that needs
-                # the embedding loads it itself.
-                await asyncio.get_running_loop().run_in_executor(self._worker("cpu"), route.warm)
+        wanted = list(self.modules) if only is None else [q for q in dict.fromkeys(only) if q in self.modules]
+        by_pack: dict[str, list[str]] = {}
+        for qname in wanted:
+            by_pack.setdefault(self.states[qname].pack, []).append(qname)
+        if not by_pack:
+            return
+        loader = ThreadPoolExecutor(max_workers=min(len(by_pack), LOAD_THREADS), thread_name_prefix="nsx-load")
 
-    async def _ensure_loaded(self, qname: str) -> None:
+        async def load_pack(qnames: list[str]) -> None:
+            for qname in qnames:
+                await self._ensure_loaded(qname, loader)
+
+        try:
+            await asyncio.gather(*(load_pack(q) for q in by_pack.values()))
+        finally:
+            loader.shutdown(wait=False)
+
+    async def warm_words(self) -> None:
+        """Load the text model and embed every vocabulary now, on a thread of its own, so the first
+        phrase that needs them does not wait (``modules.words.warm_all``). A model that cannot load
+        is logged and reported by ``words.text_model_state``; what needs it fails with the reason."""
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsx-words")
+        try:
+            await asyncio.get_running_loop().run_in_executor(thread, words.warm_all)
+        except words.TextModelUnavailable:
+            pass  # logged where it failed; each call that needs the model says why it cannot
+        finally:
+            thread.shutdown(wait=False)
+
+    async def _ensure_loaded(self, qname: str, executor: ThreadPoolExecutor | None = None) -> None:
         state = self.states[qname]
         if state.state in ("ready", "failed"):
             return
@@ -198,7 +264,9 @@ class Pool:
                 state.state = "loading"
                 t0 = time.perf_counter()
                 try:
-                    await asyncio.get_running_loop().run_in_executor(self._worker(device), self._load, module, device)
+                    # A load asked for by a call runs on the device's worker, like the call after it.
+                    await asyncio.get_running_loop().run_in_executor(executor or self._worker(device), self._load,
+                                                                     module, device)
                     state.size = module.memory_bytes()
                     state.state = "ready"
                 except Exception as e:
@@ -365,7 +433,8 @@ class Pool:
         # Batching off: still off the loop, one call per forward.
         t_in = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results, compute_s = await loop.run_in_executor(self._worker(self.placement[q]), run_forward, module, [args])
+        worker = self._symbolic() if isinstance(module, FunctionModule) else self._worker(self.placement[q])
+        results, compute_s = await loop.run_in_executor(worker, run_forward, module, [args])
         queue_ms = (time.perf_counter() - t_in - compute_s) * 1000
         if self.on_batch is not None:
             self.on_batch(BatchStats(module.name, 1, (queue_ms / 1000,), compute_s,

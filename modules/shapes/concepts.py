@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..base import ModuleError
-from ..words import MODEL_NAME, Anchors
+from ..words import MODEL_NAME, Anchors, TextModelUnavailable
 from .vocab import ATTRIBUTES
 
 # Concept → anchor words (the first is the concept's own name).
@@ -139,7 +139,11 @@ class Concepts:
         if w in EXACT:
             attr, value = EXACT[w]
             return Match(w, attr, value, 1.0, True)
-        ranked = self._anchors.rank(w)
+        try:
+            ranked = self._anchors.rank(w)
+        except TextModelUnavailable as e:
+            raise ModuleError(f"'{w}' is not a concept's own name ({known_concepts()}), and reading other "
+                              f"words needs the text model: {e}") from e
         (attr, value), sim = ranked[0]
         if sim < self.threshold:
             raise UnknownConcept(

@@ -18,14 +18,18 @@ rebuilds its network (no pickle anywhere).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -158,19 +162,24 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 def nms(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
     """Indices kept by greedy non-maximum suppression, best first (torchvision's, in plain torch)."""
     order = torch.argsort(scores, descending=True)
-    ious = box_iou(boxes, boxes)
+    # The greedy pass reads Python lists: one element at a time, tensors would cost a GIL round trip each.
+    over = (box_iou(boxes, boxes) > iou).tolist()
     keep: list[int] = []
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    suppressed = [False] * len(boxes)
     for i in order.tolist():
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= ious[i] > iou
+        suppressed = [s or o for s, o in zip(suppressed, over[i])]
     return torch.tensor(keep, dtype=torch.long)
 
 
 def decode(outputs: tuple[Tensor, Tensor], cfg: DetectorConfig, mask_stride: int = 8) -> list[list[Detection]]:
-    """Raw outputs → objects per image, boxes and masks in input pixels."""
+    """Raw outputs → objects per image, boxes and masks in input pixels.
+
+    Every step works on all of an image's objects at once: a torch call per object (or a ``float()``
+    of one element) releases and re-takes the GIL, and on a server whose event loop is busy each
+    re-take waits, so per-object calls cost far more there than they do alone."""
     out, fine = outputs
     S, st = cfg.input_size, cfg.stride
     heat = torch.sigmoid(out[:, HEAT:HEAT + 1])
@@ -180,6 +189,7 @@ def decode(outputs: tuple[Tensor, Tensor], cfg: DetectorConfig, mask_stride: int
     vec_full = F.interpolate(fine[:, VEC_X:VEC_Y + 1], size=(S, S), mode="bilinear", align_corners=False)
     # Where each pixel says its object's centre is, in input pixels.
     pix = (torch.arange(S, dtype=out.dtype) + 0.5)
+    lines = torch.arange(S)
     results: list[list[Detection]] = []
     for b, (ys, xs, scores) in enumerate(peaks(heat, cfg.peak_threshold, cfg.max_objects)):
         if len(ys) == 0:
@@ -194,34 +204,52 @@ def decode(outputs: tuple[Tensor, Tensor], cfg: DetectorConfig, mask_stride: int
         keep = nms(boxes, scores, 0.7)
         boxes, scores, cx, cy = boxes[keep], scores[keep], cx[keep], cy[keep]
         K = len(keep)
+        box_list = [(x1, y1, x2, y2) for x1, y1, x2, y2 in boxes.tolist()]
         # Each object's region: its box and two pixels around it. A pixel goes to the object whose
         # centre its vector points nearest, among the objects whose region holds it; so a vector
         # blurred at an edge between two objects can never give a pixel to a third, far away.
-        regions = torch.zeros((K, S, S), dtype=torch.bool)
-        for k in range(K):
-            x1, y1, x2, y2 = (float(v) for v in boxes[k])
-            rows = slice(max(0, int(y1) - 2), min(S, math.ceil(y2) + 2))
-            regions[k, rows, max(0, int(x1) - 2):min(S, math.ceil(x2) + 2)] = True
+        spans = torch.tensor([(max(0, int(y1) - 2), min(S, math.ceil(y2) + 2), max(0, int(x1) - 2),
+                               min(S, math.ceil(x2) + 2)) for x1, y1, x2, y2 in box_list])
+        regions = _rectangles(spans, lines)
         tx = pix[None, :] + vec_full[b, 0] * VEC_UNIT
         ty = pix[:, None] + vec_full[b, 1] * VEC_UNIT
         d2 = (tx[None] - cx[:, None, None]) ** 2 + (ty[None] - cy[:, None, None]) ** 2  # K×S×S
         d2 = d2.masked_fill(~regions, float("inf"))
         owner = d2.argmin(0)
         owned = regions.any(0)
-        dets: list[Detection] = []
-        for k in range(K):
-            # The box is the size head's: it measures the object better than a mask's edge does.
-            x1, y1, x2, y2 = (float(v) for v in boxes[k])
-            mine = (owner == k) & owned
-            m = fg_full[b] & mine
-            if not bool(m.any()):  # the foreground head missed it: the box is the best mask there is
-                m = torch.zeros((S, S), dtype=torch.bool)
-                m[int(y1):math.ceil(y2), int(x1):math.ceil(x2)] = True
-                mine = m
-            soft = F.avg_pool2d((fg_prob[b] * mine.to(out.dtype))[None, None], mask_stride)[0, 0]
-            dets.append(Detection((x1, y1, x2, y2), float(scores[k]), m, soft))
-        results.append(dets)
+        mine = (owner[None] == torch.arange(K)[:, None, None]) & owned[None]
+        masks = fg_full[b][None] & mine
+        missed = [k for k, hit in enumerate(masks.flatten(1).any(1).tolist()) if not hit]
+        if missed:  # the foreground head missed them: the box is the best mask there is
+            rect = _rectangles(torch.tensor([(int(y1), math.ceil(y2), int(x1), math.ceil(x2))
+                                             for x1, y1, x2, y2 in (box_list[k] for k in missed)]), lines)
+            masks[missed] = rect
+            mine[missed] = rect
+        softs = F.avg_pool2d((fg_prob[b][None] * mine.to(out.dtype))[:, None], mask_stride)[:, 0]
+        # The box is the size head's: it measures the object better than a mask's edge does.
+        results.append([Detection(box, score, masks[k], softs[k])
+                        for k, (box, score) in enumerate(zip(box_list, scores.tolist()))])
     return results
+
+
+def _rectangles(spans: Tensor, lines: Tensor) -> Tensor:
+    """N×S×S bool masks, each True on rows [r0, r1) and columns [c0, c1) of its row of ``spans``
+    (N×4: r0, r1, c0, c1); ``lines`` is ``arange(S)``."""
+    r0, r1, c0, c1 = spans.unbind(1)
+    rows = (lines[None] >= r0[:, None]) & (lines[None] < r1[:, None])
+    cols = (lines[None] >= c0[:, None]) & (lines[None] < c1[:, None])
+    return rows[:, :, None] & cols[:, None, :]
+
+
+@functools.lru_cache(maxsize=64)
+def nearest_tables(side: int, width: int, height: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """The source row of every output row and the source column of every output column when PIL
+    resizes a ``side``-square image to ``width``×``height`` with NEAREST: found by resizing a ramp
+    with PIL itself, so that gathering by them gives PIL's pixels exactly, for many masks at once."""
+    ramp = np.arange(side, dtype=np.int32)
+    cols = np.asarray(Image.fromarray(ramp[None, :]).resize((width, 1), Image.Resampling.NEAREST))[0]
+    rows = np.asarray(Image.fromarray(ramp[:, None]).resize((1, height), Image.Resampling.NEAREST))[:, 0]
+    return rows.astype(np.intp), cols.astype(np.intp)
 
 
 # ----------------------------------------------------------------------------- attribute classifier
@@ -353,13 +381,15 @@ def classify(attrnet: AttributeNet, images: Tensor, dets: list[list[Detection]])
         boxes = torch.tensor([d.box for _, d in flat], dtype=torch.float32, device=dev)
         owners = torch.tensor([b for b, _ in flat], device=dev)
         softs = torch.stack([d.soft for _, d in flat]).to(dev)
-        areas = torch.tensor([float(d.mask.sum()) for _, d in flat], dtype=torch.float32, device=dev)
+        areas = torch.stack([d.mask for _, d in flat]).flatten(1).sum(1).to(torch.float32).to(dev)
         crops = sample_crops(images.float().contiguous(), softs, owners, boxes, attrnet.cfg)
         logits = attrnet(crops, geometry(boxes, areas, size))
-        probs = {a: torch.softmax(v.float(), 1).cpu() for a, v in logits.items()}
+        # As Python lists at once: reading a tensor element by element costs a GIL round trip each.
+        probs = {a: torch.softmax(v.float(), 1).cpu().tolist() for a, v in logits.items()}
+    names = attrnet.cfg.attributes
     out: list[list[Prediction]] = [[] for _ in dets]
     for n, (b, d) in enumerate(flat):
-        p = {a: {name: float(probs[a][n, i]) for i, name in enumerate(attrnet.cfg.attributes[a])} for a in probs}
+        p = {a: dict(zip(names[a], rows[n])) for a, rows in probs.items()}
         best = {a: max(v, key=v.__getitem__) for a, v in p.items()}
         out[b].append(Prediction(d.box, d.score, d.mask, p, best))
     return out
