@@ -11,6 +11,7 @@ case the overhead and cache benchmarks share."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import http.client
 import io
@@ -331,3 +332,38 @@ def shapes_scenes(n: int, seed: int = 4242) -> list[bytes]:
         render_scene(seed, i).pil().save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON: a load generator as lean as it can be.
+    On a machine of two cores the client shares the CPU with the server, and httpx's pool, at 64
+    connections, took a whole core by itself (its pool is scanned on every request): the benchmark
+    measured its own client."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            sock = self._writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert self._reader is not None
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self._writer.write(head + body)
+        status_line = await self._reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while (line := await self._reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self._reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            await self._writer.wait_closed()

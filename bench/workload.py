@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 
 from bench.baselines import Loaded, Memo, Sequential, load
-from bench.common import Report, client, options, server, upload
+from bench.common import Connection, Report, client, options, server, upload
 from modules.packs import load_packs
 from modules.shapes.tools.bench import CONDITIONS, SceneSource, check_held_out
 from modules.shapes.tools.programs import normalize_answer
@@ -143,14 +143,23 @@ async def _drive(base: str, questions: Sequence[Question], refs: Mapping[int, st
     answers = ["<unasked>"] * len(questions)
     order = iter(range(len(questions)))
 
+    url = httpx.URL(base)
+
     async def one_client(http: httpx.AsyncClient) -> None:
-        for i in order:  # shared: each client takes the next question
-            q = questions[i]
-            r = await http.post("/v1/runs", json={"program": q.program, "images": {"IMAGE": refs[q.scene]},
-                                                  "options": {"cache": True}})
-            if r.status_code != 200:
-                raise RuntimeError(f"POST /v1/runs answered {r.status_code} for question {q.id}: {r.text[:300]}")
-            answers[i] = answer_of(r.json())
+        # A bare keep-alive connection per client (``Connection``): httpx's pool costs the client
+        # more CPU than the server spends, on a machine where the two share two cores.
+        conn = Connection(url.host, url.port or 80)
+        try:
+            for i in order:  # shared: each client takes the next question
+                q = questions[i]
+                body = json.dumps({"program": q.program, "images": {"IMAGE": refs[q.scene]},
+                                   "options": {"cache": True}}).encode()
+                status, data = await conn.post("/v1/runs", body)
+                if status != 200:
+                    raise RuntimeError(f"POST /v1/runs answered {status} for question {q.id}: {data[:300]!r}")
+                answers[i] = answer_of(json.loads(data))
+        finally:
+            await conn.close()
 
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
