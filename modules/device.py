@@ -7,7 +7,6 @@ placement that only fails when the first request reaches a missing GPU would fai
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -124,14 +123,6 @@ def spread(sizes: Mapping[str, int], devices: Iterable[str],
         out[unit] = device
         load[device] += size
     return out
-
-
-def default_torch_threads(cores: int | None = None) -> int:
-    """Threads for one torch op on the CPU: every core but one, which the event loop needs to take
-    requests while a batch runs (torch's own default, every core, leaves it none)."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
 
 
 def configure_torch(threads: int | None) -> None:

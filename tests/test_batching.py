@@ -18,7 +18,7 @@ from PIL import Image
 from app.settings import Settings
 from modules.base import Module, Pack
 from modules.demo import ConvProbe
-from modules.device import configure_switch_interval, default_torch_threads
+from modules.device import configure_switch_interval
 from modules.pool import Pool, PoolConfig
 from modules.values import ImageValue
 from program_dsl import param, signature
@@ -45,9 +45,8 @@ def switch_interval() -> Iterator[None]:
     sys.setswitchinterval(before)
 
 
-def test_default_torch_threads_leave_the_loop_a_core() -> None:
-    assert [default_torch_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
-    assert Settings().pool_config().torch_threads == default_torch_threads()
+def test_torch_threads_are_torch_s_own_unless_set() -> None:
+    assert Settings().pool_config().torch_threads is None
     assert Settings(torch_threads=3).pool_config().torch_threads == 3
 
 
