@@ -6,11 +6,12 @@ clients, with dynamic batching on and off: the shapes LOC and PROBE, a small con
 
 Each configuration (batching on, off) gets its own server process (uvicorn, one worker, the
 in-memory store, the core pack, PROBE and the shapes pack), left to go idle after start-up; clients
-are asyncio + httpx (TCP_NODELAY) in this process. Every request runs ``x = <module>(image=IMAGE)``
-on one of 64 distinct uploaded images with the cache off, so each request costs a real forward
-pass. LOC is the shapes-world detector and attribute classifier on 256×256 rendered scenes (skipped
-without its weights); PROBE is a real conv net (about 0.3 M parameters, random weights) on 64×64
-inputs.
+are asyncio tasks in this process, each on a bare keep-alive connection (``bench.common.Connection``,
+TCP_NODELAY): through httpx's pool the client itself took a core at 64 clients. Every request runs
+``x = <module>(image=IMAGE)`` on one of 64 distinct uploaded images with the cache off, so each
+request costs a real forward pass. LOC is the shapes-world detector and attribute classifier on
+256×256 rendered scenes (skipped without its weights); PROBE is a real conv net (about 0.3 M
+parameters, random weights) on 64×64 inputs.
 
 A level's clients run for a warm-up second, then for a window of at least ``--seconds``, lengthened
 until the module has run 30 forward passes (read from ``/metrics``) or ``--max-seconds`` have

@@ -12,7 +12,8 @@ of distinct LOC calls among them is reported.
 
 *nsx*: a real ``nsx serve`` subprocess (packs core and shapes, the in-memory store, or ``--redis``
 with its database flushed), every scene uploaded once before timing and named by its ``sha256:``
-reference; ``--clients`` asyncio + httpx clients (TCP_NODELAY) take the questions in turn, the cache
+reference; ``--clients`` asyncio clients, each on a bare keep-alive connection (``bench.common.Connection``,
+TCP_NODELAY), take the questions in turn, the cache
 on; the figure is the wall time from the first request to the last answer. Each repeat starts a new
 server (or flushes the Redis database), so every repeat starts with a cold cache. The server is
 left to go idle (its background text-model load) before timing.
