@@ -39,6 +39,9 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.compute = Histogram("nsx_module_compute_seconds", "Forward pass time", ["module"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_cap = Gauge("nsx_module_batch_cap", "Where the module's queue is cut into batches now "
+                               "(NSX_BATCH_ADAPT moves it to the size measured cheapest per item)", ["module"],
+                               registry=r)
         self.program_errors = Counter("nsx_program_errors", "Programs rejected with diagnostics", registry=r)
         self._step_counters: dict[tuple[str, str], tuple[Counter, ...]] = {}
 
@@ -50,6 +53,7 @@ class Metrics:
         for wait in stats.queue_wait_s:
             self.queue_wait.labels(stats.module).observe(wait)
         self.compute.labels(stats.module).observe(stats.compute_s)
+        self.batch_cap.labels(stats.module).set(stats.cap)
 
     def watch_memory(self, report: Callable[[], list[MemoryRow]]) -> None:
         """Module memory read from ``report`` (``Pool.memory``) at every scrape: loads and unloads happen

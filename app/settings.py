@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="merge concurrent calls to a batchable module into one forward")
     max_batch_size: int | None = Field(None, ge=1, description="cap on batch size; unset → each module's own")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more calls")
+    batch_adapt: bool = Field(
+        True, description="cut a full queue at the batch size measured cheapest per item, up to the cap; "
+                          "false → always at the cap")
     max_queue: int = Field(256, ge=1, description="calls queued per module before new runs get 429")
     max_concurrent_runs: int = Field(512, ge=1, description="runs executing at once before new ones get 429")
     torch_threads: int | None = Field(
@@ -42,6 +45,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="how long a thread waits for the GIL before asking for it (Python's "
                                "sys.setswitchinterval); shorter lets a model's worker thread get it back "
                                "sooner from a busy event loop")
+    gc_freeze: bool = Field(
+        True, description="once the models are loaded, move every object alive then out of the garbage "
+                          "collector's sight (gc.freeze), so full collections do not walk the models' objects "
+                          "while holding the GIL")
     lazy_load: bool = Field(False, description="load models on first use instead of at start-up")
     module_packs: str | None = Field(
         None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
@@ -89,7 +96,8 @@ class Settings(BaseSettings):
 
     def pool_config(self) -> PoolConfig:
         return PoolConfig(device=self.device, batching=self.batching, max_batch_size=self.max_batch_size,
-                          max_wait_ms=self.batch_wait_ms, max_queue=self.max_queue, lazy=self.lazy_load,
+                          max_wait_ms=self.batch_wait_ms,
+                          adapt_batch=self.batch_adapt, max_queue=self.max_queue, lazy=self.lazy_load,
                           choose=self.module_choices(), strict=self.packs is not None,
                           module_devices=parse_module_devices(self.module_devices),
                           device_memory=parse_device_memory(self.device_memory_mb),

@@ -72,6 +72,9 @@ class PoolConfig:
     batching: bool = True
     max_batch_size: int | None = None  # None: each module's own
     max_wait_ms: float = 5.0
+    # Cut saturated queues at the batch size measured cheapest per item (batching.BatchCap), up to
+    # the cap above; False: always at the cap.
+    adapt_batch: bool = True
     max_queue: int = 256
     lazy: bool = False
     choose: Mapping[str, str] = field(default_factory=dict)
@@ -136,7 +139,7 @@ class Pool:
                 size = self.config.max_batch_size or module.max_batch_size
                 self._batchers[qname] = Batcher(module, self._worker(self.placement[qname]), max_batch_size=size,
                                                 max_wait_ms=self.config.max_wait_ms, max_queue=self.config.max_queue,
-                                                on_batch=on_batch)
+                                                on_batch=on_batch, adapt=self.config.adapt_batch)
 
     def _place(self) -> dict[str, str]:
         """Every module's device: named ones where NSX_MODULE_DEVICES says (a qualified name wins over

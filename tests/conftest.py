@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
+# Many services start and stop in this one process; gc.freeze after each start would keep every
+# predecessor's cyclic garbage for good. Its own test turns it on.
+os.environ["NSX_GC_FREEZE"] = "false"
+
 # --------------------------------------------------------------------------- redis
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # db 15: far from whatever a developer uses

@@ -4,6 +4,7 @@ that cannot load fails only what needs it; ``nsx run`` loads only the modules it
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -157,6 +158,22 @@ def test_readyz_reports_the_text_model_and_it_loads_after_ready() -> None:
         body = client.get("/readyz").json()
         assert body["status"] == "ready" and body["text_model"] == "ready"
         assert not may_load(svc.pool.catalog.routes.values())
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_served_process_freezes_what_loading_left_alive(freeze: bool) -> None:
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(Settings(gc_freeze=freeze), packs=[core_pack()])) as client:
+            svc = client.app.state.svc  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 120
+            while not (svc.ready and svc.warming.done()):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert (gc.get_freeze_count() > 0) is freeze
+            assert client.get("/readyz").status_code == 200
+    finally:
+        gc.unfreeze()
 
 
 # ------------------------------------------------------------------ a text model that cannot load
