@@ -225,6 +225,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """The NSX_API_KEYS_FILE line for a tenant's key: a new random key (printed on stderr, once), or
+    one read from standard input. Only the line, on stdout, so ``>> keys`` appends just that."""
+    import secrets
+
+    from .tenants import KeysError, file_line
+
+    key = sys.stdin.readline().strip() if args.stdin else secrets.token_urlsafe(32)
+    try:
+        line = file_line(args.name, key)
+    except KeysError as e:
+        print(f"nsx hash-key: {e}", file=sys.stderr)
+        return 2
+    if not args.stdin:
+        print(f"the key for {args.name} (kept nowhere: give it to them now): {key}", file=sys.stderr)
+    print(line)
+    return 0
+
+
 def cmd_bench_all(args: argparse.Namespace) -> int:
     """Run the repository's bench/all.py, found beside the ``app`` package this nsx was loaded from."""
     import shlex
@@ -271,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list the module catalog")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_modules)
+    p = sub.add_parser("hash-key", help="a tenant's line for NSX_API_KEYS_FILE, with a new key or one from stdin")
+    p.add_argument("name", help="the tenant, e.g. alice")
+    p.add_argument("--stdin", action="store_true", help="hash the key read from standard input instead of a new one")
+    p.set_defaults(fn=cmd_hash_key)
     bench = sub.add_parser("bench", help="benchmarks that packs provide").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("all", help="every benchmark in bench/: results in bench/results/, the README's table")
     p.add_argument("--quick", action="store_true", help="fewer repeats: all of them in under 5 minutes")

@@ -1,15 +1,20 @@
-"""What routes depend on: the running service (through ``Depends``), and the API key check, which
-runs before a route reads anything of the request."""
+"""What routes depend on: the running service and the tenant's view of its store (through
+``Depends``), and the API key check, which runs before a route reads anything of the request and
+says which tenant the request acts for."""
 
 from __future__ import annotations
 
 import json
-import secrets
 
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .service import Service
+from .store import Store
+from .tenants import DEFAULT_TENANT, KeyTable
+
+# Where the key check leaves the tenant in the ASGI scope.
+TENANT = "nsx.tenant"
 
 _REFUSED = json.dumps({"errors": [{"message": "missing or wrong API key",
                                    "hint": "send it as 'Authorization: Bearer <key>' or 'X-API-Key'"}]}).encode()
@@ -19,6 +24,18 @@ async def service(request: Request) -> Service:
     # async: FastAPI runs a plain function dependency on a thread pool, a thread hop per request.
     svc: Service = request.app.state.svc
     return svc
+
+
+def tenant_of(request: Request) -> str:
+    """The tenant the request acts for (the default one where no keys are configured)."""
+    name: str = request.scope.get(TENANT, DEFAULT_TENANT)
+    return name
+
+
+async def tenant_store(request: Request) -> Store:
+    """The store as the request's tenant sees it: only what that tenant made."""
+    svc: Service = request.app.state.svc
+    return svc.store_for(tenant_of(request))
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -35,20 +52,22 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class ApiKeys:
-    """With NSX_API_KEYS set, every /v1 request needs one of the keys. Checked in front of the app,
-    not as a route dependency: a route's body is read and parsed before its dependencies run, and a
-    request without a key must cost nothing and learn nothing (not even which paths exist)."""
+    """With keys configured, every /v1 request needs one, and acts for the key's tenant. Checked in
+    front of the app, not as a route dependency: a route's body is read and parsed before its
+    dependencies run, and a request without a key must cost nothing and learn nothing (not even
+    which paths exist)."""
 
-    def __init__(self, app: ASGIApp, keys: set[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyTable) -> None:
         self.app = app
-        # Keys as UTF-8 bytes, compared with the header's raw bytes: compare_digest refuses str
-        # with non-ASCII characters, and a header may carry any byte.
-        self.keys = [k.encode("utf-8") for k in sorted(keys)]
+        # Keys are compared as the bytes the header carried (any byte may be there), by digest.
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
-            given = presented_key(scope["headers"])
-            if not any(secrets.compare_digest(given, k) for k in self.keys):
+            tenant = self.keys.tenant_of(presented_key(scope["headers"]))
+            if tenant is not None:
+                scope[TENANT] = tenant
+            else:
                 await send({"type": "http.response.start", "status": 401,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(_REFUSED)).encode())]})

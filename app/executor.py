@@ -17,7 +17,7 @@ from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, t
 
 from .records import StepRecord
 from .serialize import DecodeError, artifact_keys, decode, doc_type, encode, from_bytes, to_bytes
-from .store import Item, Store
+from .store import Item, ScopedStore, Store
 
 log = logging.getLogger("nsx.executor")
 
@@ -87,6 +87,8 @@ class _Run:
     images: Mapping[str, ImageValue]
     cache: bool
     on_step: StepHook | None
+    # The tenant's view of the store: every read and write of this run goes through it.
+    store: Store
     records: dict[str, StepRecord] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
@@ -132,11 +134,12 @@ class Executor:
 
     async def execute(self, plan: Plan, images: Mapping[str, ImageValue], *, cache: bool = True,
                       timeout_s: float | None = None, on_step: StepHook | None = None,
-                      decode_result: bool = True) -> Execution:
+                      decode_result: bool = True, store: Store | None = None) -> Execution:
         """Run ``plan``. ``decode_result``: also rebuild the answer as a value when it came from the
-        cache (its JSON is always there); the run service needs only the JSON."""
+        cache (its JSON is always there); the run service needs only the JSON. ``store``: the
+        tenant's view of the executor's store (``app.store.scoped``) the run reads and writes."""
         t0 = time.perf_counter()
-        run = _Run(plan, images, cache, on_step)
+        run = _Run(plan, images, cache, on_step, store if store is not None else self.store)
         if cache:
             await self._prefetch(run)
         tasks = [asyncio.create_task(self._guarded(run, s)) for s in plan.steps]
@@ -163,7 +166,7 @@ class Executor:
             if isinstance(result, _Cached):
                 result_json = result.doc
                 try:
-                    result = await self._materialize(result) if decode_result else None
+                    result = await self._materialize(result, run.store) if decode_result else None
                 except ModuleError:
                     result = None  # the JSON answer stands; only the in-process value is missing
         elif error is None:
@@ -221,7 +224,7 @@ class Executor:
             self._count(step.module, "miss")
         for name, value in args.items():
             if isinstance(value, _Cached):
-                args[name] = await self._materialize(value)
+                args[name] = await self._materialize(value, run.store)
         try:
             if module is not None and keyed.general is not None and keyed.general_key is not None:
                 rec.via = keyed.general_key
@@ -229,7 +232,7 @@ class Executor:
                     self._refined(run, step, module, key, keyed.general_key, keyed.general, args, rec),
                     self.step_timeout_s)
             else:
-                task, started = self._task(step, key, args, run.cache)
+                task, started = self._task(run, step, key, args)
                 rec.shared = not started
                 computed = await asyncio.wait_for(asyncio.shield(task), self.step_timeout_s)
         except TimeoutError:
@@ -254,13 +257,13 @@ class Executor:
         if gkey in run.generals:
             value = run.generals[gkey]
         elif (doc := await self._lookup(gkey, run) if run.cache else None) is not None:
-            value = await self._materialize(_Cached(doc))
+            value = await self._materialize(_Cached(doc), run.store)
         else:
             # Shared with this run's other phrases even with the cache off: one call, computed once.
             task = run.general_tasks.get(gkey)
             rec.shared = task is not None
             if task is None:
-                task, started = self._task(step, gkey, {**args, **general}, run.cache)
+                task, started = self._task(run, step, gkey, {**args, **general})
                 rec.shared = not started
                 run.general_tasks[gkey] = task
             base = await asyncio.shield(task)
@@ -268,21 +271,25 @@ class Executor:
         run.generals[gkey] = value
         refined = step_output(module.refine(value, args), key, args.values())
         doc, artifacts = encode(refined)
-        persisted = await self._store_output(key, doc, artifacts, run.cache)
+        persisted = await self._store_output(run.store, key, doc, artifacts, run.cache)
         if base is None:
             return _Computed(refined, doc, (time.perf_counter() - t0) * 1000, 0.0, "cpu", 1, persisted)
         return _Computed(refined, doc, base.ms, base.queue_ms, base.device, base.batch_size,
                          persisted and base.persisted)
 
-    def _task(self, step: Step, key: str, args: dict[str, Any], cache: bool) -> tuple[asyncio.Task[_Computed], bool]:
-        """The computation for ``key``: the one already in flight (shared), or a new one (True)."""
-        task = self._inflight.get(key) if cache else None
+    def _task(self, run: _Run, step: Step, key: str, args: dict[str, Any]) -> tuple[asyncio.Task[_Computed], bool]:
+        """The computation for ``key``: the one already in flight (shared), or a new one (True).
+        Shared only within what the run's store shares: one tenant's computation writes its output
+        where another tenant's run would not find it."""
+        cache = run.cache
+        flight = (run.store.prefix("step") if isinstance(run.store, ScopedStore) else "") + key
+        task = self._inflight.get(flight) if cache else None
         if task is not None:
             return task, False
-        task = asyncio.create_task(self._compute(step, key, args, cache))
+        task = asyncio.create_task(self._compute(run.store, step, key, args, cache))
         if cache:
-            self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+            self._inflight[flight] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(flight, None))
         return task, True
 
     def _check_types(self, step: Step, module: Module | None, args: Mapping[str, Any]) -> None:
@@ -332,12 +339,12 @@ class Executor:
             return
         docs: dict[str, dict[str, Any] | None] = {}
         names: dict[str, list[str]] = {}
-        for key, raw in zip(wanted, await self.store.get_many("step", wanted)):
+        for key, raw in zip(wanted, await run.store.get_many("step", wanted)):
             docs[key] = self._parse(key, raw)
             if docs[key] is not None:
                 names[key] = artifact_keys(docs[key])  # type: ignore[arg-type]
         needed = list(dict.fromkeys(a for keys in names.values() for a in keys))
-        alive = dict(zip(needed, await self.store.touch("art", needed, self.artifact_ttl_s))) if needed else {}
+        alive = dict(zip(needed, await run.store.touch("art", needed, self.artifact_ttl_s))) if needed else {}
         for key, doc in docs.items():
             run.prefetched[key] = doc if doc is not None and all(alive[a] for a in names[key]) else None
 
@@ -358,34 +365,36 @@ class Executor:
         artifacts then live on for as long as the run this hit answers."""
         if key in run.prefetched:
             return run.prefetched[key]
-        doc = self._parse(key, await self.store.get("step", key))
+        doc = self._parse(key, await run.store.get("step", key))
         if doc is None:
             return None
         keys = artifact_keys(doc)
-        if keys and not all(await self.store.touch("art", keys, self.artifact_ttl_s)):
+        if keys and not all(await run.store.touch("art", keys, self.artifact_ttl_s)):
             return None
         return doc
 
-    async def _materialize(self, cached: _Cached) -> Any:
+    @staticmethod
+    async def _materialize(cached: _Cached, store: Store) -> Any:
         try:
-            return await decode(cached.doc, lambda k: self.store.get("art", k))
+            return await decode(cached.doc, lambda k: store.get("art", k))
         except (DecodeError, ValueError, KeyError, TypeError, OSError) as e:
             raise ModuleError(f"a cached input is no longer readable ({e}); run again with the cache off") from None
 
-    async def _compute(self, step: Step, key: str, args: dict[str, Any], cache: bool) -> _Computed:
+    async def _compute(self, store: Store, step: Step, key: str, args: dict[str, Any], cache: bool) -> _Computed:
         called = await self.pool.call(step.module, args, step.pack)
         value = step_output(called.value, key, args.values())
         doc, artifacts = encode(value)
-        persisted = await self._store_output(key, doc, artifacts, cache)
+        persisted = await self._store_output(store, key, doc, artifacts, cache)
         return _Computed(value, doc, called.compute_ms, called.queue_ms, called.device, called.batch_size, persisted)
 
-    async def _store_output(self, key: str, doc: dict[str, Any], artifacts: dict[str, bytes], cache: bool) -> bool:
+    async def _store_output(self, store: Store, key: str, doc: dict[str, Any], artifacts: dict[str, bytes],
+                            cache: bool) -> bool:
         """The output's artifacts always, since the run's record links them whether or not the cache is
         on; the output itself when it is. One round trip for all of them."""
         items = [Item("art", k, data, self.artifact_ttl_s) for k, data in artifacts.items()]
         if cache:
             items.append(Item("step", key, to_bytes(doc), self.step_ttl_s))
-        return await self.store.put_many(items)
+        return await store.put_many(items)
 
     def _count(self, module: str, outcome: str) -> None:
         if self.on_cache is not None:

@@ -24,6 +24,7 @@ from .settings import Settings
 def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = None) -> FastAPI:
     """Build the app. ``packs`` overrides discovery (tests); otherwise NSX_PACKS or every installed pack."""
     settings = settings or Settings()
+    keys = settings.key_table()  # first: a malformed key list stops start-up before anything loads
     # Packs are found and checked now, so a bad NSX_PACKS or a name clash fails at start-up with
     # its own message; models load later, in the background.
     metrics = Metrics()
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
         summary="Neuro-symbolic program executor: typed visual programs, neural modules, per-step cache, audit trail.",
         lifespan=lifespan,
     )
-    app.add_middleware(ApiKeys, keys=settings.key_set())
+    app.add_middleware(ApiKeys, keys=keys)
     errors.install(app)
     for r in (health.router, programs.router, modules.router, images.router, runs.router, galleries.router):
         app.include_router(r)

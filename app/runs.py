@@ -61,10 +61,12 @@ class RunService:
 
     async def run(self, program: str, images: Mapping[str, ImageValue], *, cache: bool = True,
                   timeout_s: float | None = None, on_step: StepHook | None = None,
-                  started: float | None = None, plan: Plan | None = None) -> RunRecord:
+                  started: float | None = None, plan: Plan | None = None, store: Store | None = None) -> RunRecord:
         """Run ``program`` on ``images`` (``plan``: already compiled from it by ``compile``). Raises
         ProgramError before anything runs, QueueFull when the service is at capacity; a run that
-        fails in a step is a record with status "failed"."""
+        fails in a step is a record with status "failed". ``store``: the tenant's view of the store
+        that the run and its record are kept in (default: the service's own)."""
+        store = store if store is not None else self.store
         t0 = started if started is not None else time.perf_counter()
         plan = plan if plan is not None else await self.compile_async(program, images)
         compile_ms = (time.perf_counter() - t0) * 1000
@@ -76,11 +78,11 @@ class RunService:
         self.active += 1
         try:
             execution = await self.executor.execute(plan, images, cache=cache, timeout_s=timeout, on_step=on_step,
-                                                    decode_result=False)
+                                                    decode_result=False, store=store)
         finally:
             self.active -= 1
         record = self._record(plan, images, execution, compile_ms, t0)
-        await self._persist(record)
+        await self._persist(record, store)
         if self.metrics is not None:
             self.metrics.runs.labels(execution.status).inc()
             self.metrics.run_seconds.observe(execution.ms / 1000)
@@ -112,13 +114,13 @@ class RunService:
             persisted=execution.persisted and self.store.available,
         )
 
-    async def _persist(self, record: RunRecord) -> None:
+    async def _persist(self, record: RunRecord, store: Store) -> None:
         ttl = self.run_limits.run_ttl_s
-        stored = await self.store.put("run", record.run_id, record.encoded(), ttl)
+        stored = await store.put("run", record.run_id, record.encoded(), ttl)
         if not stored and record.persisted:
             # The store went down between the check and the write: the copy in its fallback must not
             # claim otherwise.
             record.persisted = False
-            await self.store.put("run", record.run_id, record.encoded(refresh=True), ttl)
+            await store.put("run", record.run_id, record.encoded(refresh=True), ttl)
         if not record.persisted and self.metrics is not None:
             self.metrics.runs_unpersisted.inc()

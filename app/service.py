@@ -20,7 +20,7 @@ from .executor import Executor
 from .metrics import Metrics
 from .runs import RunLimits, RunService
 from .settings import Settings
-from .store import Store, open_store
+from .store import Store, open_store, scoped
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Service:
     # The text model and the vocabularies' embeddings, loaded in the background once the modules
     # are: readiness does not wait for them (exact words never need them).
     warming: asyncio.Task[None] | None = None
+    _views: dict[str, Store] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -43,6 +44,16 @@ class Service:
     @property
     def text_model(self) -> words.TextModelState:
         return words.text_model_state()
+
+    def store_for(self, tenant: str) -> Store:
+        """The store as ``tenant`` sees it: its runs, uploads, artifacts and step outputs under its own
+        name; the step cache and its artifacts common to all with ``NSX_SHARE_CACHE``."""
+        view = self._views.get(tenant)
+        if view is None:
+            shared = frozenset({"step", "art"}) if self.settings.share_cache else frozenset()
+            # Tenants are the configured ones, so this stays as small as the key list.
+            view = self._views[tenant] = scoped(self.store, tenant, shared)
+        return view
 
 
 def make_pool(settings: Settings, packs: Sequence[Pack], metrics: Metrics) -> Pool:

@@ -11,6 +11,8 @@ from modules.device import parse_device_memory, parse_module_devices
 from modules.pool import PoolConfig
 from program_dsl import Limits
 
+from .tenants import KeyTable, parse_keys
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NSX_", extra="ignore")
@@ -58,11 +60,19 @@ class Settings(BaseSettings):
     device_memory_mb: str | None = Field(
         None, description="memory budget per device in MB, e.g. cuda:0=10000; beyond it idle modules are "
                           "unloaded, least recently used first; unset → no budget")
-    api_keys: str | None = Field(None, description="comma-separated keys; set → every /v1 call needs one")
+    api_keys: str | None = Field(
+        None, description="comma-separated keys, each its own tenant (k1,k2), or named tenants (alice:k1,bob:k2); "
+                          "set → every /v1 call needs one, and each tenant sees only what it made")
+    api_keys_file: Path | None = Field(
+        None, description="a file of 'NAME sha256:<hex>' lines (nsx hash-key prints one): keys kept only as "
+                          "digests; used with NSX_API_KEYS or alone")
+    share_cache: bool = Field(
+        False, description="tenants share the step cache and its artifacts (a hit then shows that another "
+                           "tenant ran the same step on the same image); runs and uploads stay their own")
     gallery_dir: Path | None = Field(
         None, description="galleries to load at start-up: faces/Nicole Kidman.jpg or faces/Nicole Kidman/*.jpg")
 
-    @field_validator("redis_url", "packs", "api_keys", "module_packs", "max_batch_size", "gallery_dir",
+    @field_validator("redis_url", "packs", "module_packs", "api_keys_file", "max_batch_size", "gallery_dir",
                      "module_devices", "device_memory_mb", "torch_threads", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
@@ -104,5 +114,6 @@ class Settings(BaseSettings):
                           torch_threads=self.torch_threads,
                           switch_interval_ms=self.switch_interval_ms)
 
-    def key_set(self) -> set[str]:
-        return {k.strip() for k in self.api_keys.split(",") if k.strip()} if self.api_keys else set()
+    def key_table(self) -> KeyTable:
+        """The tenants' keys; raises KeysError (a ValueError) for an empty or malformed list."""
+        return parse_keys(self.api_keys, self.api_keys_file)

@@ -29,9 +29,11 @@ __all__ = [
     "Item",
     "MemoryStore",
     "RedisStore",
+    "ScopedStore",
     "Store",
     "full_key",
     "open_store",
+    "scoped",
 ]
 
 logger = logging.getLogger("nsx.store")
@@ -503,3 +505,61 @@ def open_store(redis_url: str | None, memory_bytes: int, *, on_event: EventHook 
     if redis_url:
         return RedisStore(redis_url, fallback_bytes=memory_bytes, on_event=on_event)
     return MemoryStore(memory_bytes, on_event=on_event)
+
+
+class ScopedStore:
+    """One tenant's view of a store: its keys under its own name, so what it writes another tenant's
+    view cannot read (or tell apart from a key never written). ``shared`` kinds stay unprefixed: the
+    step cache and its artifacts, when tenants share them (``NSX_SHARE_CACHE``). The default tenant
+    ("") sees the unprefixed keys, as a deployment without API keys always has."""
+
+    def __init__(self, base: Store, tenant: str, shared: frozenset[str] = frozenset()) -> None:
+        if "/" in tenant:
+            raise ValueError(f"tenant names hold no '/': {tenant!r}")
+        self.base = base
+        self.tenant = tenant
+        self.shared = shared
+        self.name = base.name
+
+    def prefix(self, kind: str) -> str:
+        """What this view puts before a key of ``kind``."""
+        return "" if not self.tenant or kind in self.shared else f"t/{self.tenant}/"
+
+    def _k(self, kind: str, key: str) -> str:
+        return self.prefix(kind) + key
+
+    @property
+    def available(self) -> bool:
+        return self.base.available
+
+    async def get(self, kind: str, key: str) -> bytes | None:
+        return await self.base.get(kind, self._k(kind, key))
+
+    async def put(self, kind: str, key: str, value: bytes, ttl_s: int | None = None) -> bool:
+        return await self.base.put(kind, self._k(kind, key), value, ttl_s)
+
+    async def exists(self, kind: str, key: str) -> bool:
+        return await self.base.exists(kind, self._k(kind, key))
+
+    async def put_many(self, items: Sequence[Item]) -> bool:
+        return await self.base.put_many([it._replace(key=self._k(it.kind, it.key)) for it in items])
+
+    async def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        return await self.base.get_many(kind, [self._k(kind, k) for k in keys])
+
+    async def touch(self, kind: str, keys: Sequence[str], ttl_s: int | None = None) -> list[bool]:
+        return await self.base.touch(kind, [self._k(kind, k) for k in keys], ttl_s)
+
+    async def ping(self) -> bool:
+        return await self.base.ping()
+
+    async def close(self) -> None:
+        return None  # the base store belongs to the service, which closes it
+
+    def stats(self) -> dict[str, int | float | bool | str]:
+        return self.base.stats()
+
+
+def scoped(base: Store, tenant: str, shared: frozenset[str] = frozenset()) -> Store:
+    """``base`` as ``tenant`` sees it: itself for the default tenant with nothing to prefix."""
+    return base if not tenant else ScopedStore(base, tenant, shared)

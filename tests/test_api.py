@@ -314,13 +314,17 @@ def test_keys_with_any_characters() -> None:
 
 async def test_keys_are_compared_as_the_bytes_sent() -> None:
     # At the ASGI level, as a server hands headers over (the test client re-encodes them).
-    from app.deps import ApiKeys
+    from app.deps import TENANT, ApiKeys
+    from app.tenants import parse_keys
+
+    tenants: list[str] = []
 
     async def app(scope: dict, receive: object, send: object) -> None:
+        tenants.append(scope[TENANT])
         await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
 
-    guard = ApiKeys(app, {"clé"})
+    guard = ApiKeys(app, parse_keys("me:clé"))
 
     async def status(value: bytes, name: bytes = b"x-api-key") -> int:
         sent: list[dict] = []
@@ -336,3 +340,4 @@ async def test_keys_are_compared_as_the_bytes_sent() -> None:
     assert await status("clé".encode("latin-1")) == 401
     assert await status(b"\xff\xfe") == 401
     assert await status(b"") == 401
+    assert tenants == ["me", "me"]

@@ -8,11 +8,12 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..deps import service
+from ..deps import service, tenant_store
 from ..errors import ApiError, responses
 from ..inputs import RunRequest, read_run
 from ..records import RunRecord, StepRecord
 from ..service import Service
+from ..store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -29,34 +30,35 @@ EXTRA_SCHEMAS = (RunRequest,)
 
 
 @router.post("", response_model=RunRecord, responses=responses(400, 401, 413, 422, 429), openapi_extra=_RUN_BODY)
-async def create_run(request: Request, svc: Service = Depends(service)) -> Response:
+async def create_run(request: Request, svc: Service = Depends(service),
+                     store: Store = Depends(tenant_store)) -> Response:
     """Run a program on images. JSON with base64 images or ``sha256:`` references, or multipart
     with a ``program`` field and one file per image variable. A run that fails in a step is still
     a 200: its record says which step failed and why."""
     t0 = time.perf_counter()
-    run = await read_run(request, svc.settings, svc.store)
+    run = await read_run(request, svc.settings, store)
     record = await svc.runs.run(run.program, run.images, cache=run.options.cache, timeout_s=run.options.timeout_s,
-                                started=t0)
+                                started=t0, store=store)
     return Response(record.encoded(), media_type="application/json")
 
 
-async def _stored(svc: Service, run_id: str) -> bytes:
-    data = await svc.store.get("run", run_id) if len(run_id) <= 64 else None
+async def _stored(store: Store, run_id: str) -> bytes:
+    data = await store.get("run", run_id) if len(run_id) <= 64 else None
     if data is None:
         raise ApiError(404, f"no run {run_id}", hint="run records expire after NSX_RUN_TTL_S")
     return data
 
 
 @router.get("/{run_id}", response_model=RunRecord, responses=responses(401, 404, 422))
-async def get_run(run_id: str, svc: Service = Depends(service)) -> Response:
+async def get_run(run_id: str, store: Store = Depends(tenant_store)) -> Response:
     """A run record by id: program, plan, every step, timings, module versions."""
-    return Response(await _stored(svc, run_id), media_type="application/json")
+    return Response(await _stored(store, run_id), media_type="application/json")
 
 
 @router.get("/{run_id}/steps/{step_id}", response_model=StepRecord, responses=responses(401, 404, 422))
-async def get_step(run_id: str, step_id: str, svc: Service = Depends(service)) -> JSONResponse:
+async def get_step(run_id: str, step_id: str, store: Store = Depends(tenant_store)) -> JSONResponse:
     """One step record of a run."""
-    for step in json.loads(await _stored(svc, run_id))["steps"]:
+    for step in json.loads(await _stored(store, run_id))["steps"]:
         if step["id"] == step_id:
             return JSONResponse(step)  # as it was recorded, like the run it belongs to
     raise ApiError(404, f"run {run_id} has no step {step_id}")
