@@ -5,10 +5,12 @@ says which tenant the request acts for."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from fastapi import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import ApiError
 from .service import Service
 from .store import Store
 from .tenants import DEFAULT_TENANT, KeyTable
@@ -68,9 +70,48 @@ class ApiKeys:
             if tenant is not None:
                 scope[TENANT] = tenant
             else:
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(_REFUSED)).encode())]})
-                await send({"type": "http.response.body", "body": _REFUSED})
+                await _refuse(send, 401, _REFUSED)
                 return
         await self.app(scope, receive, send)
+
+
+class BodyLimits:
+    """Every request body within a limit for its route, counted as it arrives: a body over it is a
+    413 however it is sent (a declared length, chunks, multipart spooled by the form parser), before
+    a route holds it whole. ``limit_for(method, path)`` gives the bytes a route may receive and what
+    to tell a client that sends more."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], tuple[int, str]]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, why = self.limit_for(scope["method"], scope["path"])
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _refuse(send, 413, json.dumps({"errors": [{"message": why, "hint": _LIMITS}]}).encode())
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, why, hint=_LIMITS)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+_LIMITS = "the server's limits are NSX_MAX_IMAGE_BYTES, NSX_MAX_IMAGES and NSX_MAX_PROGRAM_BYTES"
+
+
+async def _refuse(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

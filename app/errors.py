@@ -3,7 +3,9 @@ the OpenAPI document says which statuses each route can answer."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +35,7 @@ _WHY = {
     401: "Missing or wrong API key.",
     404: "No such resource (or it has expired).",
     413: "The body, an image or its pixel count is over the server's limit.",
+    415: "The body's content type is not one this route reads (JSON, or a multipart form where documented).",
     422: "The request or the program is invalid; the body says where and how to fix it.",
     429: "The service is at capacity; retry after the Retry-After header's seconds.",
 }
@@ -51,11 +54,29 @@ def error_response(status: int, errors: list[dict[str, Any]], headers: dict[str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# Every field a request body may have, to suggest one for a misspelled name.
+_FIELDS = ("program", "images", "options", "inputs", "cache", "timeout_s")
+
+
 def pydantic_errors(errors: Any) -> list[dict[str, Any]]:
     out = []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        out.append({"message": f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}", "field": ".".join(loc)})
+        where = ".".join(loc) or "body"
+        if loc and loc[-1] == "[key]":  # a mapping's key: an image variable's name
+            out.append({"message": f"{'.'.join(loc[:-2]) or 'body'}: {e.get('input')!r} is not a variable name",
+                        "field": ".".join(loc[:-2]), "hint": "letters, digits and _, not starting with a digit: "
+                                                              "IMAGE, LEFT, RIGHT"})
+            continue
+        if e.get("type") == "extra_forbidden" and loc:
+            close = difflib.get_close_matches(loc[-1], _FIELDS, n=1)
+            item: dict[str, Any] = {"message": f"{where}: unknown field", "field": where}
+            if close:
+                item["hint"] = f"did you mean '{close[0]}'?"
+            out.append(item)
+            continue
+        msg = str(e.get('msg', 'invalid')).removeprefix('Value error, ')
+        out.append({"message": f"{where}: {msg}", "field": where})
     return out
 
 
@@ -81,9 +102,30 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, pydantic_errors(exc.errors()))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, [{"message": str(exc.detail)}], headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    message = str(exc.detail)
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route on the path, and a path has one
+        # route per method here: the answer names what the OpenAPI document gives the path.
+        allowed = _methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed here; use {' or '.join(allowed) or 'another path'}"
+    return error_response(exc.status_code, [{"message": message}], headers=headers or None)
+
+
+def _methods(request: Request) -> list[str]:
+    app = request.app
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = []
+        for path, ops in app.openapi().get("paths", {}).items():
+            pattern = re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path))
+            table.append((re.compile(f"^{pattern}$"), sorted(m.upper() for m in ops)))
+        app.state.allowed_methods = table
+    path = request.url.path
+    return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
 
 
 async def _internal(_: Request, exc: Exception) -> JSONResponse:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.datastructures import UploadFile
 
 from modules.values import ImageValue
@@ -24,22 +24,44 @@ _IMAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-class RunOptions(BaseModel):
+class _Strict(BaseModel):
+    # A misspelled option ({"cahce": false}) must not be silently ignored: it is a 422 naming it.
+    model_config = ConfigDict(extra="forbid")
+
+
+ImageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+
+
+def _unicode(text: str) -> str:
+    # JSON may spell half of a surrogate pair (\ud800) alone: a str Python holds but no UTF-8 can
+    # carry, so a record or diagnostic that quotes it could never be written.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"holds an unpaired surrogate ({text[e.start]!r} at character {e.start}): "
+                         "send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
+class RunOptions(_Strict):
     cache: bool = Field(True, description="read and write the step cache")
     timeout_s: float | None = Field(None, gt=0, description="time limit for this run (capped by the server's)")
 
 
-class RunRequest(BaseModel):
-    program: str = Field(..., description="the program text")
-    images: dict[str, str] = Field(
+class RunRequest(_Strict):
+    program: Text = Field(..., description="the program text")
+    images: dict[ImageName, Text] = Field(
         default_factory=dict,
         description='image variable → base64 bytes, a data: URL, or "sha256:<hex>" of an uploaded image')
     options: RunOptions = Field(default_factory=RunOptions)
 
 
-class CheckRequest(BaseModel):
-    program: str
-    inputs: list[str] | None = Field(None,
+class CheckRequest(_Strict):
+    program: Text
+    inputs: list[ImageName] | None = Field(None, max_length=64,
                                      description="image variables the program may use (default IMAGE, LEFT, RIGHT)")
 
 
@@ -66,6 +88,18 @@ def decode_image(data: bytes, settings: Settings, what: str) -> tuple[ImageValue
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise ApiError(422, f"{what} is not a readable image", hint="send PNG, JPEG, WebP, GIF or BMP bytes",
                        detail=str(e)[:200]) from None
+
+
+def require_json(request: Request, *, multipart: bool = False) -> None:
+    """A JSON body, or none declared (read as JSON, as curl's -d with a JSON header-less body is):
+    anything else is a 415 rather than parsed as JSON by accident."""
+    declared = request.headers.get("content-type", "")
+    kind = declared.split(";", 1)[0].strip().lower()
+    if not kind or kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return
+    wanted = "application/json" + (" or multipart/form-data" if multipart else "")
+    raise ApiError(415, f"the body is {kind}; this route reads {wanted}",
+                   hint="send the header 'content-type: application/json'")
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -136,14 +170,16 @@ async def _from_form(request: Request, settings: Settings) -> tuple[RunRequest, 
 
 
 async def _from_json(request: Request, settings: Settings) -> tuple[RunRequest, dict[str, bytes]]:
-    body_limit = settings.max_program_bytes + settings.max_images * settings.max_image_bytes * 4 // 3 + 65536
+    require_json(request, multipart=True)
+    body_limit = settings.max_program_bytes * 2 + settings.max_images * settings.max_image_bytes * 4 // 3 + 65536
     body = await read_limited(request, body_limit)
     try:
         run_req = RunRequest.model_validate_json(body)
     except ValidationError as e:
         errors = pydantic_errors(e.errors())
+        hint = errors[0].get("hint") if len(errors) == 1 else None
         raise ApiError(422, "; ".join(x["message"] for x in errors),
-                       hint='send JSON like {"program": "...", "images": {"IMAGE": "<base64>"}}') from None
+                       hint=hint or 'send JSON like {"program": "...", "images": {"IMAGE": "<base64>"}}') from None
     refs: dict[str, str] = {}
     raw: dict[str, bytes] = {}
     for name, value in run_req.images.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +14,7 @@ from modules.base import Pack
 from modules.packs import PackError, load_packs
 
 from . import errors
-from .deps import ApiKeys
+from .deps import ApiKeys, BodyLimits
 from .metrics import Metrics
 from .routers import galleries, health, images, modules, programs, runs
 from .service import make_pool, running
@@ -42,12 +42,43 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
         summary="Neuro-symbolic program executor: typed visual programs, neural modules, per-step cache, audit trail.",
         lifespan=lifespan,
     )
+    # Added inner first: the key check runs before a byte of the body is counted or read.
+    app.add_middleware(BodyLimits, limit_for=body_limits(settings))
     app.add_middleware(ApiKeys, keys=keys)
     errors.install(app)
     for r in (health.router, programs.router, modules.router, images.router, runs.router, galleries.router):
         app.include_router(r)
     _document(app, runs.EXTRA_SCHEMAS)
     return app
+
+
+# Room beyond a body's content for JSON framing, multipart boundaries and small fields.
+FRAMING = 64 * 1024
+
+
+def body_limits(settings: Settings) -> Callable[[str, str], tuple[int, str]]:
+    """The most bytes each route may receive (what its largest valid request needs, no more), and
+    what a client that sends more is told."""
+    image_mb = f"{settings.max_image_bytes} bytes"
+    run = (settings.max_program_bytes * 2 + settings.max_images * (settings.max_image_bytes * 4 // 3) + FRAMING,
+           f"the body is over the limit: a run takes at most {settings.max_images} images of at most {image_mb} "
+           f"each (base64 adds a third) and a program of at most {settings.max_program_bytes} bytes")
+    image = (settings.max_image_bytes + FRAMING, f"the body is over the limit: an image may be at most {image_mb}")
+    # JSON escapes may double a program's bytes.
+    check = (settings.max_program_bytes * 2 + FRAMING,
+             f"the body is over the limit: a program may be at most {settings.max_program_bytes} bytes")
+    other = (FRAMING, f"the body is over the limit of {FRAMING} bytes for this route")
+
+    def limit_for(method: str, path: str) -> tuple[int, str]:
+        if method == "POST" and path == "/v1/runs":
+            return run
+        if method == "POST" and (path == "/v1/images" or path.startswith("/v1/galleries/")):
+            return image
+        if method == "POST" and path == "/v1/programs/check":
+            return check
+        return other
+
+    return limit_for
 
 
 def _document(app: FastAPI, models: tuple[type[Any], ...]) -> None:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from program_dsl import ProgramError
 
 from ..deps import service
 from ..errors import responses
-from ..inputs import CheckRequest
+from ..inputs import CheckRequest, require_json
 from ..records import CheckResult, ErrorItem, RunWarning
 from ..service import Service
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
 
 
-@router.post("/check", response_model=CheckResult, responses=responses(400, 401, 422))
+async def _json(request: Request) -> None:
+    require_json(request)
+
+
+@router.post("/check", response_model=CheckResult, responses=responses(400, 401, 413, 415, 422),
+             dependencies=[Depends(_json)])
 async def check_program(body: CheckRequest, svc: Service = Depends(service)) -> CheckResult:
     """Type-check a program against this deployment's catalog; returns diagnostics and the plan.
     A program with errors is a 200 with ``ok: false``: checking it succeeded."""

@@ -22,14 +22,16 @@ _RUN_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["program"], "properties": {
         "program": {"type": "string"},
         "options": {"type": "string", "description": 'the options as JSON, e.g. {"cache": false}'},
-    }, "additionalProperties": {"type": "string", "format": "binary",
+    }, "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+       "additionalProperties": {"type": "string", "format": "binary",
                                 "description": "one file per image variable, e.g. IMAGE"}}},
 }}}
 # Models the routes name only in openapi_extra: added to the document's components (see main).
 EXTRA_SCHEMAS = (RunRequest,)
 
 
-@router.post("", response_model=RunRecord, responses=responses(400, 401, 413, 422, 429), openapi_extra=_RUN_BODY)
+@router.post("", response_model=RunRecord, responses=responses(400, 401, 413, 415, 422, 429),
+             openapi_extra=_RUN_BODY)
 async def create_run(request: Request, svc: Service = Depends(service),
                      store: Store = Depends(tenant_store)) -> Response:
     """Run a program on images. JSON with base64 images or ``sha256:`` references, or multipart
