@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.base import Module, ModuleError
+from modules.base import TENANT_ARG, Module, ModuleError
 from modules.pool import Pool
 from modules.values import ImageValue, step_output
 from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, type_of
@@ -89,6 +89,7 @@ class _Run:
     on_step: StepHook | None
     # The tenant's view of the store: every read and write of this run goes through it.
     store: Store
+    tenant: str = ""
     records: dict[str, StepRecord] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
@@ -134,12 +135,13 @@ class Executor:
 
     async def execute(self, plan: Plan, images: Mapping[str, ImageValue], *, cache: bool = True,
                       timeout_s: float | None = None, on_step: StepHook | None = None,
-                      decode_result: bool = True, store: Store | None = None) -> Execution:
+                      decode_result: bool = True, store: Store | None = None, tenant: str = "") -> Execution:
         """Run ``plan``. ``decode_result``: also rebuild the answer as a value when it came from the
         cache (its JSON is always there); the run service needs only the JSON. ``store``: the
-        tenant's view of the executor's store (``app.store.scoped``) the run reads and writes."""
+        tenant's view of the executor's store (``app.store.scoped``) the run reads and writes;
+        ``tenant``: whose state (galleries) a ``per_tenant`` module answers from."""
         t0 = time.perf_counter()
-        run = _Run(plan, images, cache, on_step, store if store is not None else self.store)
+        run = _Run(plan, images, cache, on_step, store if store is not None else self.store, tenant)
         if cache:
             await self._prefetch(run)
         tasks = [asyncio.create_task(self._guarded(run, s)) for s in plan.steps]
@@ -209,6 +211,8 @@ class Executor:
         keyed = run.keyed.get(step.id) or self._keyed(run, step)
         module, key = keyed.module, keyed.key
         self._check_types(step, module, args)
+        if module is not None and module.per_tenant:
+            args[TENANT_ARG] = run.tenant
         rec.key, rec.inputs = key, keyed.input_keys
         run.keys[step.id] = key
         t0 = time.perf_counter()
@@ -312,7 +316,7 @@ class Executor:
         consts = {n: s.value for n, s in step.args.items() if isinstance(s, Const)}
         input_keys = {n: run.key_of(s) for n, s in step.args.items() if not isinstance(s, Const)}
         module = self.pool.find(step.module, step.pack)
-        state = module.state() if module is not None else ""
+        state = module.state(run.tenant) if module is not None else ""
         version = f"{step.version}+{state}" if state else step.version
         name = f"{step.pack}.{step.module}"
         general = module.general_call(consts) if module is not None else None

@@ -3,8 +3,10 @@ server's limits and decoded, or refused with an ApiError that says what to fix."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -67,27 +69,58 @@ class CheckRequest(_Strict):
 
 @dataclass
 class RunInputs:
+    """A run as the request sent it, nothing decoded yet: images are read (``load_images``) only
+    once the program has compiled and the run is admitted, and only those the program uses."""
+
     program: str
-    images: dict[str, ImageValue]
     options: RunOptions
+    raw: dict[str, bytes]  # image variable → the bytes sent in a form
+    refs: dict[str, str]  # image variable → "sha256:…" of an upload
+    encoded: dict[str, str]  # image variable → base64 (or a data: URL) sent in JSON, decoded if used
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.raw, *self.encoded, *self.refs]
 
 
-def decode_image(data: bytes, settings: Settings, what: str) -> tuple[ImageValue, str]:
-    """The image and its format, within the size and pixel limits."""
+# Images up to this many pixels (and bytes) decode on the event loop: a thread hop would cost more
+# than decoding them. Larger ones decode on a thread, so the loop keeps answering meanwhile.
+INLINE_PIXELS = 1_000_000
+INLINE_BYTES = 1_000_000
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError)
+
+
+def probe_image(data: bytes, settings: Settings, what: str) -> tuple[int, int, str]:
+    """Width, height and format from the header alone, within the byte and pixel limits."""
     if len(data) > settings.max_image_bytes:
         raise ApiError(413, f"{what} is {len(data)} bytes; the limit is {settings.max_image_bytes}")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt = (probe.format or "unknown").lower()
             w, h = probe.size
-            if w * h > settings.max_image_pixels:
-                raise ApiError(413, f"{what} is {w}×{h} pixels; the limit is {settings.max_image_pixels} pixels")
-        return ImageValue.from_bytes(data), fmt
-    except ApiError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except _UNREADABLE as e:
         raise ApiError(422, f"{what} is not a readable image", hint="send PNG, JPEG, WebP, GIF or BMP bytes",
                        detail=str(e)[:200]) from None
+    if w * h > settings.max_image_pixels:
+        raise ApiError(413, f"{what} is {w}×{h} pixels; the limit is {settings.max_image_pixels} pixels")
+    return w, h, fmt
+
+
+def _decoded(data: bytes, what: str) -> ImageValue:
+    try:
+        return ImageValue.from_bytes(data)
+    except _UNREADABLE as e:
+        raise ApiError(422, f"{what} is not a readable image", hint="send PNG, JPEG, WebP, GIF or BMP bytes",
+                       detail=str(e)[:200]) from None
+
+
+async def decode_image(data: bytes, settings: Settings, what: str) -> tuple[ImageValue, str]:
+    """The image and its format, within the size and pixel limits; decoded in full (bytes a client
+    sent are checked before anything is stored), on a thread when it is large."""
+    w, h, fmt = probe_image(data, settings, what)
+    if w * h <= INLINE_PIXELS and len(data) <= INLINE_BYTES:
+        return _decoded(data, what), fmt
+    return await asyncio.to_thread(_decoded, data, what), fmt
 
 
 def require_json(request: Request, *, multipart: bool = False) -> None:
@@ -117,25 +150,57 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_run(request: Request, settings: Settings, store: Store) -> RunInputs:
-    """The run a request asks for, with every image decoded; inline images are stored for reuse."""
+async def read_run(request: Request, settings: Settings) -> RunInputs:
+    """The run a request asks for, read within the limits; no image is decoded yet."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         run_req, raw = await _from_form(request, settings)
     else:
         run_req, raw = await _from_json(request, settings)
+    refs = {n: v for n, v in run_req.images.items() if v.startswith("sha256:")}
+    encoded = {n: v for n, v in run_req.images.items() if n not in refs}
     if len(raw) + len(run_req.images) > settings.max_images:
         raise ApiError(422, f"a run takes at most {settings.max_images} images")
+    return RunInputs(run_req.program, run_req.options, raw, refs, encoded)
+
+
+async def load_images(run: RunInputs, used: Iterable[str], settings: Settings, store: Store) -> dict[str, ImageValue]:
+    """The images of ``used`` (the plan's inputs; the others are neither decoded nor kept), each
+    within the limits and all of them within NSX_MAX_RUN_PIXELS, checked by their headers before
+    any is decoded; inline ones are stored for reuse."""
+    wanted = [n for n in run.names if n in set(used)]
+    texts = {n: run.encoded[n] for n in wanted if n in run.encoded}
+    raw = {n: run.raw[n] for n in wanted if n in run.raw}
+    if texts:
+        # On a thread once they are large, where the decoder's chunks let the loop in between them.
+        if sum(map(len, texts.values())) <= INLINE_BYTES:
+            raw.update(_from_base64(texts))
+        else:
+            raw.update(await asyncio.to_thread(_from_base64, texts))
+    stored: dict[str, bytes] = {}
+    for name in wanted:
+        if name in run.refs:
+            data = await store.get("img", run.refs[name])
+            if data is None:
+                raise ApiError(422, f"image {name} refers to {run.refs[name]}, which this server does not have",
+                               hint="upload it with POST /v1/images first, or send the bytes")
+            stored[name] = data
+    sizes = {n: probe_image(raw[n], settings, f"image {n}")[:2] for n in wanted if n in raw}
+    for name, data in stored.items():
+        with Image.open(io.BytesIO(data)) as probe:  # checked when uploaded
+            sizes[name] = probe.size
+    total = sum(w * h for w, h in sizes.values())
+    if total > settings.max_run_pixels:
+        raise ApiError(413, f"the images this program uses have {total} pixels in all; the limit is "
+                            f"{settings.max_run_pixels} (NSX_MAX_RUN_PIXELS)", hint="send smaller images, or fewer")
     images: dict[str, ImageValue] = {}
-    for name, data in raw.items():
-        images[name], _ = decode_image(data, settings, f"image {name}")
-        await store.put("img", images[name].key, data, settings.image_ttl_s)
-    for name, ref in run_req.images.items():
-        stored = await store.get("img", ref)
-        if stored is None:
-            raise ApiError(422, f"image {name} refers to {ref}, which this server does not have",
-                           hint="upload it with POST /v1/images first, or send the bytes")
-        images[name] = ImageValue.stored(stored, ref)  # checked when uploaded: decoded only if a step needs it
-    return RunInputs(run_req.program, images, run_req.options)
+    for name in wanted:
+        if name in stored:
+            images[name] = ImageValue.stored(stored[name], run.refs[name])  # decoded only if a step needs it
+        else:
+            data = raw[name]
+            images[name], _ = await decode_image(data, settings, f"image {name}")
+            await store.put("img", images[name].key, data, settings.image_ttl_s)
+    return images
 
 
 async def _from_form(request: Request, settings: Settings) -> tuple[RunRequest, dict[str, bytes]]:
@@ -180,20 +245,22 @@ async def _from_json(request: Request, settings: Settings) -> tuple[RunRequest, 
         hint = errors[0].get("hint") if len(errors) == 1 else None
         raise ApiError(422, "; ".join(x["message"] for x in errors),
                        hint=hint or 'send JSON like {"program": "...", "images": {"IMAGE": "<base64>"}}') from None
-    refs: dict[str, str] = {}
-    raw: dict[str, bytes] = {}
     for name, value in run_req.images.items():
-        if not _IMAGE_NAME.match(name):
-            raise ApiError(422, f"image name {name!r} is not a variable name", hint="use e.g. IMAGE, LEFT, RIGHT")
         if value.startswith("sha256:"):
-            refs[name] = _reference(name, value)
-            continue
+            _reference(name, value)
+    # Base64 stays text until the program is known to use the image (``load_images``).
+    return run_req, {}
+
+
+def _from_base64(texts: dict[str, str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name, text in texts.items():
         try:
-            raw[name] = decode_base64_image(value)
+            out[name] = decode_base64_image(text)
         except ValueError:
             raise ApiError(422, f"image {name} is not valid base64",
                            hint="send base64 bytes, a data: URL or a sha256: reference") from None
-    return RunRequest(program=run_req.program, images=refs, options=run_req.options), raw
+    return out
 
 
 def _reference(name: str, value: str) -> str:

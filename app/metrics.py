@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from modules.batching import BatchStats
 from modules.pool import MemoryRow
 
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -43,6 +44,8 @@ class Metrics:
                                "(NSX_BATCH_ADAPT moves it to the size measured cheapest per item)", ["module"],
                                registry=r)
         self.program_errors = Counter("nsx_program_errors", "Programs rejected with diagnostics", registry=r)
+        self.loop_lag = Histogram("nsx_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer: "
+                                  "time it was kept from answering requests", buckets=LAG_BUCKETS, registry=r)
         self._step_counters: dict[tuple[str, str], tuple[Counter, ...]] = {}
 
     def observe_batch(self, stats: BatchStats) -> None:

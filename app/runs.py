@@ -59,29 +59,37 @@ class RunService:
             return await asyncio.to_thread(self.compile, program, image_names, count=count)
         return self.compile(program, image_names, count=count)
 
+    def admit(self, plan: Plan) -> None:
+        """QueueFull when the service cannot take ``plan`` now (its modules' queues, or the runs in
+        flight, are full): asked before a request's images are decoded, and again by ``run``."""
+        self.pool.admit(plan)
+        if self.active >= self.run_limits.max_concurrent_runs:
+            raise QueueFull("nsx", 1.0)
+
     async def run(self, program: str, images: Mapping[str, ImageValue], *, cache: bool = True,
                   timeout_s: float | None = None, on_step: StepHook | None = None,
-                  started: float | None = None, plan: Plan | None = None, store: Store | None = None) -> RunRecord:
+                  started: float | None = None, plan: Plan | None = None, store: Store | None = None,
+                  tenant: str = "", unused: Iterable[str] = ()) -> RunRecord:
         """Run ``program`` on ``images`` (``plan``: already compiled from it by ``compile``). Raises
         ProgramError before anything runs, QueueFull when the service is at capacity; a run that
         fails in a step is a record with status "failed". ``store``: the tenant's view of the store
-        that the run and its record are kept in (default: the service's own)."""
+        that the run and its record are kept in (default: the service's own), and ``tenant`` the
+        one whose galleries its modules read. ``unused``: images sent but left unread, since the
+        program does not use them (each gets a warning)."""
         store = store if store is not None else self.store
         t0 = started if started is not None else time.perf_counter()
         plan = plan if plan is not None else await self.compile_async(program, images)
         compile_ms = (time.perf_counter() - t0) * 1000
         limit = self.run_limits.run_timeout_s
         timeout = min(timeout_s or limit, limit)
-        self.pool.admit(plan)
-        if self.active >= self.run_limits.max_concurrent_runs:
-            raise QueueFull("nsx", 1.0)
+        self.admit(plan)
         self.active += 1
         try:
             execution = await self.executor.execute(plan, images, cache=cache, timeout_s=timeout, on_step=on_step,
-                                                    decode_result=False, store=store)
+                                                    decode_result=False, store=store, tenant=tenant)
         finally:
             self.active -= 1
-        record = self._record(plan, images, execution, compile_ms, t0)
+        record = self._record(plan, images, execution, compile_ms, t0, unused)
         await self._persist(record, store)
         if self.metrics is not None:
             self.metrics.runs.labels(execution.status).inc()
@@ -89,10 +97,11 @@ class RunService:
         return record
 
     def _record(self, plan: Plan, images: Mapping[str, ImageValue], execution: Execution, compile_ms: float,
-                t0: float) -> RunRecord:
+                t0: float, unused: Iterable[str]) -> RunRecord:
         warnings = [RunWarning.model_validate(w.to_dict()) for w in plan.warnings]
+        idle = [*(name for name in images if name not in plan.inputs), *unused]
         warnings += [RunWarning(message=f"image {name} is not used by the program", code="unused-image")
-                     for name in images if name not in plan.inputs]
+                     for name in dict.fromkeys(idle)]
         for step in execution.steps:
             if step.output is not None:
                 step.output = linked(step.output)

@@ -212,8 +212,17 @@ async def _mask(doc: dict[str, Any], fetch: Fetch) -> NDArray[np.bool_] | None:
     return mask
 
 
+# Base64 is decoded this many characters at a time (a multiple of 4): the decoder holds the GIL, and
+# a 20 MB image in one call would keep every other thread, the event loop's too, waiting for it.
+B64_CHUNK = 1 << 20
+
+
 def decode_base64_image(text: str) -> bytes:
     """Accept plain base64 or a ``data:image/...;base64,`` URL."""
     if text.startswith("data:"):
         _, _, text = text.partition(",")
-    return base64.b64decode(text, validate=True)
+    if len(text) <= B64_CHUNK:
+        return base64.b64decode(text, validate=True)
+    if len(text) % 4:
+        raise ValueError("base64 text whose length is not a multiple of 4")
+    return b"".join(base64.b64decode(text[i:i + B64_CHUNK], validate=True) for i in range(0, len(text), B64_CHUNK))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Service:
     # are: readiness does not wait for them (exact words never need them).
     warming: asyncio.Task[None] | None = None
     _views: dict[str, Store] = field(default_factory=dict)
+    lag: LoopLag = field(default_factory=lambda: LoopLag())
 
     @property
     def ready(self) -> bool:
@@ -82,9 +84,11 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
     galleries = Galleries.of(pool.packs, store, max_bytes=settings.max_image_bytes,
                              max_pixels=settings.max_image_pixels)
     svc = Service(settings, pool, store, runs, metrics, galleries=galleries)
+    galleries.shelves = svc.store_for
     galleries.expect_load()
     freeze = settings.gc_freeze
     svc.loading = asyncio.create_task(_start(pool, galleries, settings.gallery_dir, load, freeze))
+    watching = asyncio.create_task(svc.lag.watch(metrics))
     if text_model == "background":
         svc.warming = asyncio.create_task(_warm_words(svc.loading, pool, freeze))
     try:
@@ -94,7 +98,7 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
                 await svc.warming
         yield svc
     finally:
-        for task in (svc.loading, svc.warming):
+        for task in (svc.loading, svc.warming, watching):
             if task is not None and not task.done():
                 task.cancel()
         await pool.close()
@@ -133,6 +137,27 @@ def settle_heap(*, collect: bool) -> None:
     if collect:
         gc.collect()
     gc.freeze()
+
+
+class LoopLag:
+    """How long the event loop is kept from running its callbacks (and so from answering anything):
+    a timer every ``every_s`` and how late it fired, into ``nsx_event_loop_lag_seconds``. ``worst``
+    is the longest since ``reset``: what a test of "nothing blocks the loop" reads."""
+
+    def __init__(self, every_s: float = 0.02) -> None:
+        self.every_s = every_s
+        self.worst = 0.0
+
+    def reset(self) -> None:
+        self.worst = 0.0
+
+    async def watch(self, metrics: Metrics) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(self.every_s)
+            late = max(0.0, time.perf_counter() - t0 - self.every_s)
+            self.worst = max(self.worst, late)
+            metrics.loop_lag.observe(late)
 
 
 class ModulesFailed(RuntimeError):

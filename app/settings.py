@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, description="largest image file accepted")
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
     max_images: int = Field(16, description="most images in one run")
+    max_run_pixels: int = Field(
+        100_000_000, description="most pixels in all the images one run uses, checked from their headers before "
+                                 "any is decoded")
     batching: bool = Field(True, description="merge concurrent calls to a batchable module into one forward")
     max_batch_size: int | None = Field(None, ge=1, description="cap on batch size; unset → each module's own")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more calls")

@@ -17,6 +17,11 @@ if TYPE_CHECKING:  # the gallery imports ModuleError from here
     from .gallery import Gallery
 
 
+# The argument a ``per_tenant`` module's calls carry the tenant in (never part of a cache key or a
+# record: ``state`` stands for what the tenant changes).
+TENANT_ARG = "__tenant__"
+
+
 class ModuleError(Exception):
     """A module could not compute a value for this input; the message is shown in the step record."""
 
@@ -32,6 +37,9 @@ class Module(ABC):
     device: str = "cpu"
     # What it finds by a phrase, when several packs offer its name: ``modules.routing``.
     vocabulary: Vocabulary | None = None
+    # Whether its answers depend on who asks (a tenant's own gallery): then ``state`` is asked per
+    # tenant, and each call's arguments carry the tenant under TENANT_ARG.
+    per_tenant: bool = False
 
     @property
     def name(self) -> str:
@@ -45,10 +53,11 @@ class Module(ABC):
         the process: a module whose weights can change must hash them here, not when it loads."""
         return self.signature.version
 
-    def state(self) -> str:
+    def state(self, tenant: str = "") -> str:
         """What the answers depend on besides the arguments and ``version`` where that can change
-        while the process runs (a gallery of known faces: a digest of its entries); part of every
-        cache key, so a changed gallery never serves an answer computed before. Empty for most."""
+        while the process runs (a gallery of known faces: a digest of its entries, as ``tenant``
+        has it); part of every cache key, so a changed gallery never serves an answer computed
+        before. Empty for most."""
         return ""
 
     def load(self, device: str) -> None:

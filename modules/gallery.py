@@ -127,6 +127,25 @@ class Gallery:
         self._entries: dict[str, list[Entry]] = {}  # lower-case name → its entries
         self._removed: set[str] = set()  # lower-case names deleted through the API
         self._digest: str | None = None
+        # Each tenant's own copy: the folder's entries, then what the tenant added and removed.
+        self._tenants: dict[str, Gallery] = {}
+
+    def for_tenant(self, tenant: str) -> Gallery:
+        """The gallery as ``tenant`` sees it: the deployment's folder names, and the names that
+        tenant added or removed through the API, which no other tenant sees. The default tenant
+        ("", a deployment without API keys) is this gallery itself."""
+        if not tenant:
+            return self
+        with self._lock:
+            child = self._tenants.get(tenant)
+            if child is None:
+                child = Gallery(self.name, self._embed, model=self._model, doc=self.doc, reserved=self.reserved)
+                for entries in self._entries.values():
+                    for e in entries:
+                        if e.source == "folder":
+                            child.insert(e)
+                self._tenants[tenant] = child
+            return child
 
     @property
     def model(self) -> str:
@@ -237,8 +256,14 @@ class Gallery:
                            "removed": removed}).encode()
 
     def restore_removed(self, names: Iterable[str]) -> None:
+        """Names deleted through the API, from the stored form: their folder images stay out."""
         with self._lock:
-            self._removed.update(_key(n) for n in names)
+            for key in (_key(n) for n in names):
+                self._removed.add(key)
+                kept = [e for e in self._entries.pop(key, []) if e.source != "folder"]
+                if kept:
+                    self._entries[key] = kept
+            self._digest = None
 
 
 class Shelf(Protocol):
@@ -301,13 +326,18 @@ class Galleries(Mapping[str, Gallery]):
     """Every enabled pack's galleries, by name, with the store that keeps the API's changes."""
 
     def __init__(self, galleries: Iterable[Gallery] = (), shelf: Shelf | None = None, *,
-                 max_bytes: int = 20 * 1024 * 1024, max_pixels: int = 40_000_000) -> None:
+                 max_bytes: int = 20 * 1024 * 1024, max_pixels: int = 40_000_000,
+                 shelves: Callable[[str], Shelf] | None = None) -> None:
         self._by_name: dict[str, Gallery] = {}
         for g in galleries:
             if g.name in self._by_name:
                 raise ValueError(f"two packs declare a gallery named {g.name!r}")
             self._by_name[g.name] = g
         self.shelf = shelf
+        # A tenant's part of the store (``shelves(tenant)``), where its changes are kept.
+        self.shelves = shelves
+        self._tenants_loaded: set[str] = set()
+        self._tenant_lock: asyncio.Lock | None = None
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self._writing: asyncio.Lock | None = None
@@ -324,8 +354,38 @@ class Galleries(Mapping[str, Gallery]):
             await self._loaded.wait()
 
     @classmethod
-    def of(cls, packs: Iterable[Pack], shelf: Shelf | None = None, **limits: int) -> Galleries:
-        return cls([g for p in packs for g in p.galleries], shelf, **limits)
+    def of(cls, packs: Iterable[Pack], shelf: Shelf | None = None, *, shelves: Callable[[str], Shelf] | None = None,
+           **limits: int) -> Galleries:
+        return cls([g for p in packs for g in p.galleries], shelf, shelves=shelves, **limits)
+
+    def shelf_for(self, tenant: str) -> Shelf | None:
+        if not tenant or self.shelves is None:
+            return self.shelf
+        return self.shelves(tenant)
+
+    def view(self, tenant: str) -> dict[str, Gallery]:
+        """Every gallery as ``tenant`` sees it (after ``ensure``)."""
+        return {name: g.for_tenant(tenant) for name, g in self._by_name.items()}
+
+    async def ensure(self, tenant: str) -> None:
+        """Read ``tenant``'s changes from the store, once, before it runs a program or reads a gallery."""
+        if not tenant or tenant in self._tenants_loaded:
+            return
+        await self._until_loaded()
+        if self._tenant_lock is None:
+            self._tenant_lock = asyncio.Lock()
+        async with self._tenant_lock:
+            if tenant in self._tenants_loaded:
+                return
+            shelf = self.shelf_for(tenant)
+            for g in self._by_name.values():
+                mine = g.for_tenant(tenant)
+                if shelf is not None:
+                    try:
+                        await self._load_stored(mine, shelf)
+                    except Exception:  # a broken document must not keep the tenant from running
+                        log.exception("gallery %s of tenant %s could not be loaded", g.name, tenant)
+            self._tenants_loaded.add(tenant)
 
     def __getitem__(self, name: str) -> Gallery:
         return self._by_name[name]
@@ -347,34 +407,37 @@ class Galleries(Mapping[str, Gallery]):
 
     # -- changes through the API ----------------------------------------------------------------
 
-    async def add(self, gallery: str, name: str, image: ImageValue) -> Entry:
-        """Embed on a thread, then keep the entry and a copy of its image in the store."""
+    async def add(self, gallery: str, name: str, image: ImageValue, *, tenant: str = "") -> Entry:
+        """Embed on a thread, then keep the entry and a copy of its image in the tenant's store."""
         await self._until_loaded()
-        g = self._by_name[gallery]
+        await self.ensure(tenant)
+        g = self._by_name[gallery].for_tenant(tenant)
         entry = await asyncio.to_thread(g.add, name, image)
-        if self.shelf is not None:
+        shelf = self.shelf_for(tenant)
+        if shelf is not None:
             copy = await asyncio.to_thread(reference_copy, image)
-            await self.shelf.put("img", self.image_key(gallery, entry.image), copy)
-            await self._save(g)
+            await shelf.put("img", self.image_key(gallery, entry.image), copy)
+            await self._save(g, shelf)
         return entry
 
-    async def remove(self, gallery: str, name: str) -> list[Entry]:
+    async def remove(self, gallery: str, name: str, *, tenant: str = "") -> list[Entry]:
         """Every image of ``name`` (KeyError when there is none)."""
         await self._until_loaded()
-        g = self._by_name[gallery]
+        await self.ensure(tenant)
+        g = self._by_name[gallery].for_tenant(tenant)
         gone = g.remove(name)
-        if self.shelf is not None:
-            await self._save(g)
+        shelf = self.shelf_for(tenant)
+        if shelf is not None:
+            await self._save(g, shelf)
         return gone
 
-    async def _save(self, g: Gallery) -> None:
+    async def _save(self, g: Gallery, shelf: Shelf) -> None:
         # One writer at a time, the document taken inside the lock: two adds racing must not let
         # the older snapshot land last and drop the newer name.
         if self._writing is None:
             self._writing = asyncio.Lock()
         async with self._writing:
-            assert self.shelf is not None
-            if not await self.shelf.put("art", self.index_key(g.name), g.document()):
+            if not await shelf.put("art", self.index_key(g.name), g.document()):
                 log.warning("gallery %s: the store did not keep the change; it lasts until this process ends",
                             g.name)
 
@@ -393,7 +456,7 @@ class Galleries(Mapping[str, Gallery]):
         for g in self._by_name.values():
             try:
                 if self.shelf is not None:
-                    await self._load_stored(g)
+                    await self._load_stored(g, self.shelf)
                 if folder is not None:
                     await asyncio.to_thread(self._load_folder, g, folder)
             except Exception:  # a broken gallery must not keep the service from starting
@@ -403,9 +466,8 @@ class Galleries(Mapping[str, Gallery]):
         for g in self._by_name.values():
             log.info("gallery %s: %d names, %d images", g.name, len(g), len(g.entries()))
 
-    async def _load_stored(self, g: Gallery) -> None:
-        assert self.shelf is not None
-        raw = await self.shelf.get("art", self.index_key(g.name))
+    async def _load_stored(self, g: Gallery, shelf: Shelf) -> None:
+        raw = await shelf.get("art", self.index_key(g.name))
         if raw is None:
             return
         try:
@@ -424,7 +486,7 @@ class Galleries(Mapping[str, Gallery]):
                 continue
             # Embedded by another model: its vector means nothing to this one; embed the kept copy.
             changed = True
-            data = await self.shelf.get("img", self.image_key(g.name, entry.image))
+            data = await shelf.get("img", self.image_key(g.name, entry.image))
             if data is None:
                 log.warning("gallery %s: %r (image %s) was embedded by another model and its image is "
                             "gone from the store; add it again", g.name, entry.name, entry.image)
@@ -437,7 +499,7 @@ class Galleries(Mapping[str, Gallery]):
                 continue
             g.insert(Entry(entry.name, entry.image, vector, "api", model, added_at=entry.added_at))
         if changed:
-            await self._save(g)
+            await self._save(g, shelf)
 
     def _load_folder(self, g: Gallery, folder: Path) -> None:
         root = folder / g.name

