@@ -165,11 +165,16 @@ def _anchor_sets() -> list[Anchors[Any]]:
         return [a for a in _ANCHORS if a.anchors]
 
 
+# Longer "words" are no word of any language: ranked when asked, never remembered.
+MEMO_WORD = 48
+
+
 class Anchors(Generic[K]):
     """Meanings (any hashable key) with their anchor words; ``rank`` orders the meanings by how close
     a word is to the nearest of each one's anchors. Rankings of the words seen most recently are kept
-    (``memo`` of them), so a word repeated across requests is embedded once without memory growing
-    with every word a client invents."""
+    (``memo`` of them, words of at most MEMO_WORD characters: a client's invented 60 KB "word" is
+    ranked but not kept), so a word repeated across requests is embedded once without memory growing
+    with every word a client invents: at most ``memo`` × (MEMO_WORD + a ranking) bytes."""
 
     def __init__(self, anchors: Mapping[K, Sequence[str]], model: Embedder | None = None, memo: int = 4096) -> None:
         self.anchors = {k: tuple(v) for k, v in anchors.items()}
@@ -225,7 +230,8 @@ class Anchors(Generic[K]):
                 out[w] = sorted(best.items(), key=lambda kv: -kv[1])
             with self._lock:
                 for w in todo:
-                    self._seen[w] = out[w]
+                    if len(w) <= MEMO_WORD:
+                        self._seen[w] = out[w]
                 while len(self._seen) > self._memo:
                     self._seen.popitem(last=False)
         return out

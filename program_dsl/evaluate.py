@@ -186,10 +186,19 @@ def evaluate(node: S.Expr, env: Mapping[str, Any]) -> Any:
     return check_value(ev(node))
 
 
+# Expressions up to this long are parsed once per text and kept (4096 of them: a few MB at most);
+# a longer one, rare, is parsed each time rather than let a client fill memory with them.
+MEMO_EXPRESSION = 1024
+
+
 @lru_cache(maxsize=4096)
+def _memo_expression(text: str) -> S.Expr:
+    return parse_expression(text)
+
+
 def compiled_expression(text: str) -> S.Expr:
     """Parse a canonical expression once per text (EVAL steps carry their expression as text)."""
-    return parse_expression(text)
+    return _memo_expression(text) if len(text) <= MEMO_EXPRESSION else parse_expression(text)
 
 
 def evaluate_text(text: str, env: Mapping[str, Any]) -> Any:
