@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
@@ -219,9 +222,33 @@ def _short(doc: dict[str, Any]) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .logs import configure
+    from .main import app_from_env
+
     settings = Settings()
-    uvicorn.run("app.main:app_from_env", factory=True, host=args.host or settings.host,
-                port=args.port or settings.port, log_level="info")
+    configure(settings.log_format, settings.log_level)
+    app = app_from_env()
+    config = uvicorn.Config(app, host=args.host or settings.host, port=args.port or settings.port,
+                            log_config=None, log_level=settings.log_level,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+
+    class Draining(uvicorn.Server):
+        """On SIGTERM/SIGINT, new runs get 503 at once while the runs in flight finish (for at most
+        NSX_SHUTDOWN_TIMEOUT_S): a load balancer sends them elsewhere instead of to a closing port."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.draining = True
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    Draining(config).run()
+    stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if stuck:
+        # A module that never returns keeps its thread, and the interpreter would wait for it at
+        # exit: the shutdown timeout is the promise, so the process ends here.
+        logging.getLogger("nsx").warning("exiting with %d threads still busy in modules: %s", len(stuck),
+                                         ", ".join(stuck[:8]))
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

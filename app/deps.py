@@ -10,7 +10,8 @@ from collections.abc import Callable
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError
+from .errors import ERROR_KIND, ApiError
+from .metrics import Metrics
 from .service import Service
 from .store import Store
 from .tenants import DEFAULT_TENANT, KeyTable
@@ -70,6 +71,7 @@ class ApiKeys:
             if tenant is not None:
                 scope[TENANT] = tenant
             else:
+                scope[ERROR_KIND] = "unauthorized"
                 await _refuse(send, 401, _REFUSED)
                 return
         await self.app(scope, receive, send)
@@ -92,6 +94,7 @@ class BodyLimits:
         limit, why = self.limit_for(scope["method"], scope["path"])
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
+                scope[ERROR_KIND] = "too_large"
                 await _refuse(send, 413, json.dumps({"errors": [{"message": why, "hint": _LIMITS}]}).encode())
                 return
         seen = 0
@@ -115,3 +118,30 @@ async def _refuse(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class ErrorCounter:
+    """Every error answer counted by status and class (``nsx_http_errors_total``), whichever layer
+    gave it: a route's handler or a check in front of the app leaves the class in the scope."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                status = int(message["status"])
+                self.metrics.http_errors.labels(str(status), scope.get(ERROR_KIND, "other")).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            # Answered by the outermost layer (a 500 with the error body) after it passes here.
+            self.metrics.http_errors.labels("500", "internal").inc()
+            raise

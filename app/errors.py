@@ -24,9 +24,12 @@ log = logging.getLogger("nsx.api")
 class ApiError(Exception):
     """A request the client can fix: becomes ``{"errors": [...]}`` with this status."""
 
-    def __init__(self, status: int, message: str, hint: str | None = None, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, hint: str | None = None, *,
+                 headers: dict[str, str] | None = None, kind: str | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
+        self.kind = kind or KINDS.get(status, "other")
         self.body = {"message": message, **({"hint": hint} if hint else {}), **extra}
 
 
@@ -38,7 +41,18 @@ _WHY = {
     415: "The body's content type is not one this route reads (JSON, or a multipart form where documented).",
     422: "The request or the program is invalid; the body says where and how to fix it.",
     429: "The service is at capacity; retry after the Retry-After header's seconds.",
+    503: "The store that holds uploaded images is unreachable, or the service is shutting down; retry after "
+         "the Retry-After header's seconds.",
 }
+
+
+# The class of an error by its status, for ``nsx_http_errors_total{kind}``; raise sites may name a
+# finer one (``ApiError(kind=…)``).
+KINDS = {400: "unreadable_body", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+         413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "overloaded", 503: "unavailable",
+         500: "internal"}
+# Where handlers leave the class for the counter in front of the app (deps.ErrorCounter).
+ERROR_KIND = "nsx.error"
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -80,25 +94,29 @@ def pydantic_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, [exc.body])
+    request.scope[ERROR_KIND] = exc.kind
+    return error_response(exc.status, [exc.body], headers=exc.headers)
 
 
-async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
+async def _overloaded(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueFull)
+    request.scope[ERROR_KIND] = "overloaded"
     retry = max(1, int(exc.retry_after_s + 0.999))
     return error_response(429, [{"message": str(exc), "hint": f"retry after {retry} s"}],
                           headers={"Retry-After": str(retry)})
 
 
-async def _program_error(_: Request, exc: Exception) -> JSONResponse:
+async def _program_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProgramError)
+    request.scope[ERROR_KIND] = "program"
     return error_response(422, [d.to_dict() for d in exc.diagnostics], rendered=exc.render("program"))
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    request.scope[ERROR_KIND] = "invalid"
     return error_response(422, pydantic_errors(exc.errors()))
 
 
@@ -106,6 +124,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(getattr(exc, "headers", None) or {})
     message = str(exc.detail)
+    request.scope[ERROR_KIND] = KINDS.get(exc.status_code, "other")
     if exc.status_code == 405:
         # Starlette's Allow names the methods of the first route on the path, and a path has one
         # route per method here: the answer names what the OpenAPI document gives the path.
@@ -128,7 +147,8 @@ def _methods(request: Request) -> list[str]:
     return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
 
 
-async def _internal(_: Request, exc: Exception) -> JSONResponse:
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    request.scope[ERROR_KIND] = "internal"
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, [{"message": "internal error; the server log has the details"}])
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules.base import TENANT_ARG, Module, ModuleError
-from modules.pool import Pool
+from modules.pool import ModuleUnavailable, Pool
 from modules.values import ImageValue, step_output
 from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, type_of
 
@@ -33,6 +33,19 @@ class Execution:
     error: str | None
     persisted: bool
     ms: float
+    # Why each failed step failed, as a class for logs and metrics: timeout, run_timeout, module,
+    # wrong_type, internal, unavailable.
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+class WrongType(ModuleError):
+    """A module answered a value of another type than its signature declares."""
+
+
+def failure_kind(e: ModuleError) -> str:
+    if isinstance(e, WrongType):
+        return "wrong_type"
+    return "unavailable" if isinstance(e, ModuleUnavailable) else "module"
 
 
 @dataclass
@@ -101,6 +114,7 @@ class _Run:
     generals: dict[str, Any] = field(default_factory=dict)
     general_tasks: dict[str, asyncio.Task[_Computed]] = field(default_factory=dict)
     persisted: bool = True
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -153,6 +167,7 @@ class Executor:
             for rec in run.records.values():
                 if rec.status == "pending":
                     rec.status, rec.error = "failed", error
+                    run.reasons[rec.id] = "run_timeout"
         steps = [run.records[s.id] for s in plan.steps]
         failed = [r for r in steps if r.status != "succeeded"]
         result: Any = None
@@ -175,7 +190,7 @@ class Executor:
             first = next(r for r in failed if r.status == "failed")
             error = f"step {first.id} ({first.module}) failed: {first.error}"
         return Execution("failed" if failed else "succeeded", result, result_json, steps, error, run.persisted,
-                         (time.perf_counter() - t0) * 1000)
+                         (time.perf_counter() - t0) * 1000, run.reasons)
 
     async def _guarded(self, run: _Run, step: Step) -> None:
         """One step, whatever happens in it: its failure is its record's, never the run's or the service's."""
@@ -185,9 +200,11 @@ class Executor:
             ok = await self._run_step(run, step, rec)
         except ModuleError as e:
             rec.status, rec.error = "failed", str(e)
+            run.reasons[step.id] = failure_kind(e)
         except Exception as e:
             log.exception("step %s (%s) crashed", step.id, step.module)
             rec.status, rec.error = "failed", f"internal error in {step.module}: {type(e).__name__}: {e}"
+            run.reasons[step.id] = "internal"
         finally:
             if rec.status == "failed":
                 self._count(step.module, "error")
@@ -199,6 +216,7 @@ class Executor:
     async def _run_step(self, run: _Run, step: Step, rec: StepRecord) -> bool:
         if not step.pack:
             rec.status, rec.error = "failed", step.route  # a routed call that no enabled module takes
+            run.reasons[step.id] = "unavailable"
             return False
         deps = step.refs()
         if deps:
@@ -241,9 +259,11 @@ class Executor:
                 computed = await asyncio.wait_for(asyncio.shield(task), self.step_timeout_s)
         except TimeoutError:
             rec.status, rec.error = "failed", f"timed out after {self.step_timeout_s:g} s"
+            run.reasons[step.id] = "timeout"
             return False
         except ModuleError as e:
             rec.status, rec.error = "failed", str(e)
+            run.reasons[step.id] = failure_kind(e)
             return False
         run.values[step.id], rec.output = computed.value, computed.doc
         rec.ms, rec.queue_ms = round(computed.ms, 3), round(computed.queue_ms, 3)
@@ -295,6 +315,19 @@ class Executor:
             self._inflight[flight] = task
             task.add_done_callback(lambda _t: self._inflight.pop(flight, None))
         return task, True
+
+    def _check_output(self, step: Step, value: Any) -> None:
+        """A module's answer of another type than it declares fails its step rather than reach the
+        next one, the cache or the client as if it were right."""
+        module = self.pool.find(step.module, step.pack)
+        if module is None:
+            return
+        declared = module.signature.returns
+        got = type_of(value)
+        if declared.name != "Any" and not declared.accepts(got):
+            log.error("%s.%s declares %s and answered %s", step.pack, step.module, declared, got)
+            raise WrongType(f"{step.module} (pack {step.pack}) declares {declared} and answered {got}: a bug in "
+                              "that module, so its answer is not used")
 
     def _check_types(self, step: Step, module: Module | None, args: Mapping[str, Any]) -> None:
         """Arguments typed Any at compile time (EVAL results, {X}) are checked here, before the module sees them."""
@@ -387,6 +420,7 @@ class Executor:
     async def _compute(self, store: Store, step: Step, key: str, args: dict[str, Any], cache: bool) -> _Computed:
         called = await self.pool.call(step.module, args, step.pack)
         value = step_output(called.value, key, args.values())
+        self._check_output(step, value)
         doc, artifacts = encode(value)
         persisted = await self._store_output(store, key, doc, artifacts, cache)
         return _Computed(value, doc, called.compute_ms, called.queue_ms, called.device, called.batch_size, persisted)

@@ -100,9 +100,10 @@ def probe_image(data: bytes, settings: Settings, what: str) -> tuple[int, int, s
             w, h = probe.size
     except _UNREADABLE as e:
         raise ApiError(422, f"{what} is not a readable image", hint="send PNG, JPEG, WebP, GIF or BMP bytes",
-                       detail=str(e)[:200]) from None
+                       detail=str(e)[:200], kind="unreadable_image") from None
     if w * h > settings.max_image_pixels:
-        raise ApiError(413, f"{what} is {w}×{h} pixels; the limit is {settings.max_image_pixels} pixels")
+        raise ApiError(413, f"{what} is {w}×{h} pixels; the limit is {settings.max_image_pixels} pixels",
+                       kind="too_many_pixels")
     return w, h, fmt
 
 
@@ -111,7 +112,7 @@ def _decoded(data: bytes, what: str) -> ImageValue:
         return ImageValue.from_bytes(data)
     except _UNREADABLE as e:
         raise ApiError(422, f"{what} is not a readable image", hint="send PNG, JPEG, WebP, GIF or BMP bytes",
-                       detail=str(e)[:200]) from None
+                       detail=str(e)[:200], kind="unreadable_image") from None
 
 
 async def decode_image(data: bytes, settings: Settings, what: str) -> tuple[ImageValue, str]:
@@ -180,9 +181,14 @@ async def load_images(run: RunInputs, used: Iterable[str], settings: Settings, s
     for name in wanted:
         if name in run.refs:
             data = await store.get("img", run.refs[name])
+            if data is None and not store.available:
+                # It may well be there: the store that would say is away. Not the client's mistake.
+                raise ApiError(503, f"image {name} ({run.refs[name]}) cannot be read now: the image store is "
+                                    "unreachable", hint="retry shortly, or send the image's bytes instead",
+                               headers={"Retry-After": "2"})
             if data is None:
                 raise ApiError(422, f"image {name} refers to {run.refs[name]}, which this server does not have",
-                               hint="upload it with POST /v1/images first, or send the bytes")
+                               hint="upload it with POST /v1/images first, or send the bytes", kind="unknown_image")
             stored[name] = data
     sizes = {n: probe_image(raw[n], settings, f"image {n}")[:2] for n in wanted if n in raw}
     for name, data in stored.items():
@@ -191,7 +197,8 @@ async def load_images(run: RunInputs, used: Iterable[str], settings: Settings, s
     total = sum(w * h for w, h in sizes.values())
     if total > settings.max_run_pixels:
         raise ApiError(413, f"the images this program uses have {total} pixels in all; the limit is "
-                            f"{settings.max_run_pixels} (NSX_MAX_RUN_PIXELS)", hint="send smaller images, or fewer")
+                            f"{settings.max_run_pixels} (NSX_MAX_RUN_PIXELS)", hint="send smaller images, or fewer",
+                       kind="too_many_pixels")
     images: dict[str, ImageValue] = {}
     for name in wanted:
         if name in stored:

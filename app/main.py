@@ -14,7 +14,7 @@ from modules.base import Pack
 from modules.packs import PackError, load_packs
 
 from . import errors
-from .deps import ApiKeys, BodyLimits
+from .deps import ApiKeys, BodyLimits, ErrorCounter
 from .metrics import Metrics
 from .routers import galleries, health, images, modules, programs, runs
 from .service import make_pool, running
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
     # Added inner first: the key check runs before a byte of the body is counted or read.
     app.add_middleware(BodyLimits, limit_for=body_limits(settings))
     app.add_middleware(ApiKeys, keys=keys)
+    app.add_middleware(ErrorCounter, metrics=metrics)
     errors.install(app)
     for r in (health.router, programs.router, modules.router, images.router, runs.router, galleries.router):
         app.include_router(r)

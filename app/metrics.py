@@ -44,6 +44,11 @@ class Metrics:
                                "(NSX_BATCH_ADAPT moves it to the size measured cheapest per item)", ["module"],
                                registry=r)
         self.program_errors = Counter("nsx_program_errors", "Programs rejected with diagnostics", registry=r)
+        self.step_failures = Counter("nsx_step_failures", "Failed steps by module and reason: timeout, "
+                                     "run_timeout, module, wrong_type, internal, unavailable", ["module", "reason"],
+                                     registry=r)
+        self.http_errors = Counter("nsx_http_errors", "Error answers by status and kind (the error model's class)",
+                                   ["status", "kind"], registry=r)
         self.loop_lag = Histogram("nsx_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer: "
                                   "time it was kept from answering requests", buckets=LAG_BUCKETS, registry=r)
         self._step_counters: dict[tuple[str, str], tuple[Counter, ...]] = {}

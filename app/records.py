@@ -94,7 +94,9 @@ class RunRecord(BaseModel):
     warnings: list[RunWarning]
     modules: dict[str, str] = Field(description="module → version, for every module the run used")
     created_at: float = Field(description="Unix time")
-    persisted: bool = Field(description="whether the record and every computed step reached the store")
+    persisted: bool = Field(description="whether the record and every computed step reached a store that keeps "
+                                        "them across its own restart (Redis with append-only on): false with the "
+                                        "in-memory store, a Redis without persistence, or during an outage")
     _json: bytes | None = PrivateAttr(None)
 
     def encoded(self, *, refresh: bool = False) -> bytes:
@@ -174,6 +176,9 @@ class Readiness(BaseModel):
     status: Literal["ready", "loading"]
     store: str
     store_available: bool
+    store_durable: bool = Field(
+        description="whether run records outlive a restart of the store (Redis with append-only on); when "
+                    "not, records say persisted: false and the log says why")
     modules: dict[str, str] = Field(
         description="qualified module name → pending | loading | ready | failed | unloading | unloaded")
     text_model: Literal["not loaded", "loading", "ready", "failed"] | None = Field(

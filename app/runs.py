@@ -5,6 +5,7 @@ counted the same way wherever it comes from."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,8 @@ from .executor import Execution, Executor, StepHook
 from .metrics import Metrics
 from .records import InputImage, RunRecord, RunWarning, Timings, linked
 from .store import Store
+
+log = logging.getLogger("nsx.runs")
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,29 @@ class RunService:
             self.active -= 1
         record = self._record(plan, images, execution, compile_ms, t0, unused)
         await self._persist(record, store)
+        self._report(record, execution, tenant)
+        return record
+
+    def _report(self, record: RunRecord, execution: Execution, tenant: str) -> None:
+        """One log line for the run and one for each failed step, and their counts in the metrics."""
+        who = tenant or None
+        hits = sum(1 for s in record.steps if s.cache == "hit")
+        log.info("run %s %s in %.1f ms", record.run_id, record.status, execution.ms,
+                 extra={"event": "run", "run_id": record.run_id, "tenant": who, "status": record.status,
+                        "ms": round(execution.ms, 3), "steps": len(record.steps), "hits": hits, "error": record.error})
+        for step in record.steps:
+            if step.status != "failed":
+                continue
+            reason = execution.reasons.get(step.id, "module")
+            log.warning("step %s (%s) of run %s failed: %s", step.id, step.module, record.run_id, step.error,
+                        extra={"event": "step_failed", "run_id": record.run_id, "step": step.id,
+                               "step_module": step.module, "pack": step.pack, "tenant": who, "reason": reason,
+                               "error": step.error})
+            if self.metrics is not None:
+                self.metrics.step_failures.labels(step.module, reason).inc()
         if self.metrics is not None:
             self.metrics.runs.labels(execution.status).inc()
             self.metrics.run_seconds.observe(execution.ms / 1000)
-        return record
 
     def _record(self, plan: Plan, images: Mapping[str, ImageValue], execution: Execution, compile_ms: float,
                 t0: float, unused: Iterable[str]) -> RunRecord:
@@ -120,7 +142,7 @@ class RunService:
             modules={s.module: s.version for s in execution.steps},
             created_at=time.time(),
             # Known before the write, so the record is written once and says what it will be.
-            persisted=execution.persisted and self.store.available,
+            persisted=execution.persisted and self.store.durable,
         )
 
     async def _persist(self, record: RunRecord, store: Store) -> None:

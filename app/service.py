@@ -21,7 +21,7 @@ from .executor import Executor
 from .metrics import Metrics
 from .runs import RunLimits, RunService
 from .settings import Settings
-from .store import Store, open_store, scoped
+from .store import RedisStore, Store, open_store, scoped
 
 
 @dataclass
@@ -73,7 +73,10 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
     text model, when it loads in the background). ``load``: only these qualified modules (the rest
     on first need). ``text_model``: "background" loads the shared text model once the modules are
     loaded, "lazy" only when a phrase needs it."""
-    store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024, on_event=metrics.on_store_event)
+    store = open_store(settings.redis_url, settings.memory_store_mb * 1024 * 1024, on_event=metrics.on_store_event,
+                       durable=settings.redis_durable)
+    if isinstance(store, RedisStore):
+        await store.check_durability()
     executor = Executor(pool, store, step_ttl_s=settings.step_ttl_s, step_timeout_s=settings.step_timeout_s,
                         on_cache=metrics.on_cache,
                         # Artifacts outlive the runs that link them; a hit sets their life anew.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, description="port to listen on")
     redis_url: str | None = Field(None, description="Redis URL; unset → the in-memory store")
+    redis_durable: bool | None = Field(
+        None, description="whether the Redis keeps what it is given across a restart; unset → asked at start-up "
+                          "(CONFIG GET appendonly): records say persisted: true only when it does")
     memory_store_mb: int = Field(256, description="size of the in-memory store")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     packs: str | None = Field(None, description="comma-separated packs to enable; unset → all installed")
@@ -28,6 +32,9 @@ class Settings(BaseSettings):
     image_ttl_s: int = Field(7 * 24 * 3600, description="how long uploaded images are kept")
     step_timeout_s: float = Field(60.0, description="per-step time limit")
     run_timeout_s: float = Field(300.0, description="per-run time limit (a request may ask for less)")
+    shutdown_timeout_s: int = Field(
+        30, ge=1, description="on SIGTERM, how long runs in flight may take to finish before the process exits "
+                                "anyway; new runs get 503 meanwhile")
     max_program_bytes: int = Field(64 * 1024, description="largest program accepted")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="largest image file accepted")
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
@@ -54,6 +61,9 @@ class Settings(BaseSettings):
         True, description="once the models are loaded, move every object alive then out of the garbage "
                           "collector's sight (gc.freeze), so full collections do not walk the models' objects "
                           "while holding the GIL")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="nsx serve's log lines: one JSON object each (run id, step, tenant as fields), or text")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="the least severe level logged")
     lazy_load: bool = Field(False, description="load models on first use instead of at start-up")
     module_packs: str | None = Field(
         None, description="which pack a module name means when several offer it, e.g. LOC=shapes")
@@ -75,8 +85,8 @@ class Settings(BaseSettings):
     gallery_dir: Path | None = Field(
         None, description="galleries to load at start-up: faces/Nicole Kidman.jpg or faces/Nicole Kidman/*.jpg")
 
-    @field_validator("redis_url", "packs", "module_packs", "api_keys_file", "max_batch_size", "gallery_dir",
-                     "module_devices", "device_memory_mb", "torch_threads", mode="before")
+    @field_validator("redis_url", "redis_durable", "packs", "module_packs", "api_keys_file", "max_batch_size",
+                     "gallery_dir", "module_devices", "device_memory_mb", "torch_threads", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v

@@ -82,6 +82,11 @@ class Store(Protocol):
     @property
     def available(self) -> bool: ...
 
+    @property
+    def durable(self) -> bool:
+        """Whether what it keeps outlives a restart of its backend (Redis with append-only on)."""
+        ...
+
     def stats(self) -> dict[str, int | float | bool | str]: ...
 
 
@@ -163,6 +168,10 @@ class MemoryStore:
     @property
     def available(self) -> bool:
         return True
+
+    @property
+    def durable(self) -> bool:
+        return False  # this process's memory: gone with it
 
     async def get(self, kind: str, key: str) -> bytes | None:
         value = self._lookup(full_key(kind, key))
@@ -280,6 +289,7 @@ class RedisStore:
         max_retry_after_s: float = 10.0,
         max_connections: int = 64,
         on_event: EventHook | None = None,
+        durable: bool | None = None,
     ) -> None:
         if retry_after_s <= 0 or max_retry_after_s < retry_after_s:
             raise ValueError("need 0 < retry_after_s <= max_retry_after_s")
@@ -316,10 +326,45 @@ class RedisStore:
         self._closed = False
         self._errors = 0
         self._reconnects = 0
+        # None: ask the server (``check_durability``); a deployment may also say (NSX_REDIS_DURABLE).
+        self._declared_durable = durable
+        self._durable = bool(durable)
+        self.persistence = "declared" if durable is not None else "unknown"
+        self._checking: asyncio.Task[bool] | None = None
 
     @property
     def available(self) -> bool:
         return self._available
+
+    @property
+    def durable(self) -> bool:
+        return self._durable and self._available
+
+    async def check_durability(self) -> bool:
+        """Read the server's persistence settings: records are durable only with append-only on.
+        Logged at WARNING when they are not, since every record then answers ``persisted: false``."""
+        if self._declared_durable is not None:
+            self._durable = self._declared_durable
+            return self._durable
+        reply = await self._attempt(lambda: self._client.config_get("appendonly"))
+        if isinstance(reply, dict) and reply:
+            # bytes keys (decode_responses=False), but a URL may ask for str
+            values: list[object] = list(reply.values())
+            on = any(v in (b"yes", "yes") for v in values)
+            self.persistence = "append-only" if on else "no append-only"
+            self._durable = on
+            if not on:
+                logger.warning("redis keeps no append-only file (appendonly no): a Redis restart can lose run "
+                               "records and uploads, so records say persisted: false; turn appendonly on, or set "
+                               "NSX_REDIS_DURABLE=true if this server is made durable another way")
+        elif reply is _FAILED and not self._available:
+            self.persistence = "unknown (unreachable)"
+        else:
+            self.persistence = "unknown (CONFIG refused)"
+            self._durable = False
+            logger.warning("redis refused CONFIG GET appendonly: cannot tell whether records survive a restart, so "
+                           "they say persisted: false; set NSX_REDIS_DURABLE=true if the server is durable")
+        return self._durable
 
     async def get(self, kind: str, key: str) -> bytes | None:
         full = full_key(kind, key)
@@ -483,7 +528,7 @@ class RedisStore:
         elif probe:
             self._backoff_s = min(self._backoff_s * 2, self._max_retry_after_s)
             self._next_attempt_at = now + self._backoff_s
-            logger.info("redis store still unavailable; retrying in %.1fs: %s", self._backoff_s, exc)
+            logger.warning("redis store still unavailable; retrying in %.1fs: %s", self._backoff_s, exc)
         # else: a call that began before the outage was noticed; the schedule is already set.
 
     def _record_recovery(self) -> None:
@@ -493,17 +538,22 @@ class RedisStore:
         self._backoff_s = self._retry_after_s
         self._reconnects += 1
         _emit(self._on_event, "reconnect")
-        logger.info("redis store reachable again (%d errors so far)", self._errors)
+        logger.warning("redis store reachable again after %d errors; %d values written meanwhile stay in this "
+                       "process's fallback", self._errors, len(self._fallback._entries))
+        # A restarted server may keep its data differently than the one that went away. (Called
+        # from ``_attempt``, so always on the running loop.)
+        self._checking = asyncio.get_running_loop().create_task(self.check_durability())
 
 
-def open_store(redis_url: str | None, memory_bytes: int, *, on_event: EventHook | None = None) -> Store:
+def open_store(redis_url: str | None, memory_bytes: int, *, on_event: EventHook | None = None,
+               durable: bool | None = None) -> Store:
     """The store for these settings: Redis when a URL is given, else memory.
 
     ``memory_bytes`` bounds what this process keeps in memory either way: the whole store, or
     Redis's outage fallback. A malformed URL raises here, at start-up, not on the first call.
     """
     if redis_url:
-        return RedisStore(redis_url, fallback_bytes=memory_bytes, on_event=on_event)
+        return RedisStore(redis_url, fallback_bytes=memory_bytes, on_event=on_event, durable=durable)
     return MemoryStore(memory_bytes, on_event=on_event)
 
 
@@ -531,6 +581,10 @@ class ScopedStore:
     @property
     def available(self) -> bool:
         return self.base.available
+
+    @property
+    def durable(self) -> bool:
+        return self.base.durable
 
     async def get(self, kind: str, key: str) -> bytes | None:
         return await self.base.get(kind, self._k(kind, key))

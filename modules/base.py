@@ -34,6 +34,10 @@ class Module(ABC):
     batchable: bool = False
     max_batch_size: int = 1
     cheap: bool = False
+    # Whether its time is bounded by its arguments' size (the project's own symbolic modules): only
+    # then does a cheap call run on the event loop, where nothing could cut it off; any other cheap
+    # module runs on the symbolic worker, where the step timeout ends the step if it hangs.
+    bounded: bool = False
     device: str = "cpu"
     # What it finds by a phrase, when several packs offer its name: ``modules.routing``.
     vocabulary: Vocabulary | None = None
@@ -191,6 +195,8 @@ class Pack:
     doc: str = ""
     # Named reference sets its modules read (known faces); the service loads and edits them.
     galleries: list[Gallery] = field(default_factory=list)
+    # Enabled only when NSX_PACKS names it, never as one of "every installed pack" (the fault pack).
+    opt_in: bool = False
 
     @property
     def signatures(self) -> list[Signature]:

@@ -49,6 +49,9 @@ def load_packs(enabled: Iterable[str] | None = None) -> list[Pack]:
             raise PackError(f"entry point {name!r} did not return a Pack")
         if pack.name != name:
             pack = replace(pack, name=name)
+        if pack.opt_in and not explicit:
+            log.info("pack %s is installed but not enabled: it runs only when NSX_PACKS names it", name)
+            continue
         packs.append(pack)
     return packs
 

@@ -4,8 +4,9 @@ event loop on one worker per device, and batchable modules merge concurrent call
 Placement: each module goes where ``NSX_MODULE_DEVICES`` puts it (by name, or pack-qualified), else on
 the pool's device; with ``NSX_DEVICE=auto|cuda``, several CUDA devices visible and no mapping for a
 module, models with weights are spread across the devices by size (``device.spread``). Symbolic
-(``cheap``) modules always run on the event loop, and so do the calls a module marks ``inline`` (a
-filter by known words): they never queue behind a device's batches.
+(``cheap``) modules whose time is ``bounded`` by their arguments run on the event loop, and so do the
+calls such a module marks ``inline`` (a filter by known words): they never queue behind a device's
+batches. Other symbolic modules run on the symbolic worker, where a step's timeout can act.
 
 Memory: with a budget for a device (``NSX_DEVICE_MEMORY_MB``), a module about to load there first
 unloads the least recently used idle modules on that device until its size fits (its measured size
@@ -194,7 +195,9 @@ class Pool:
         """Where symbolic modules that take time run (pixel edits, a filter by an unseen word): apart
         from every device's worker, so they never wait behind a batch of neural work."""
         if "symbolic" not in self._workers:
-            self._workers["symbolic"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nsx-symbolic")
+            # Four: a module that hangs keeps its thread (no thread can be stopped), and the step
+            # timeout answers for it meanwhile; the others still have threads to run on.
+            self._workers["symbolic"] = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nsx-symbolic")
         return self._workers["symbolic"]
 
     def _worker(self, device: str) -> ThreadPoolExecutor:
@@ -424,7 +427,7 @@ class Pool:
             await self._ensure_loaded(q)
         if state.state != "ready":
             raise ModuleUnavailable(f"{name} could not be loaded ({state.error})")
-        if module.cheap or (not module.batchable and module.inline(args)):
+        if module.bounded and (module.cheap or (not module.batchable and module.inline(args))):
             t0 = time.perf_counter()
             value = module.forward([args])[0]
             if isinstance(value, BaseException):
@@ -436,7 +439,8 @@ class Pool:
         # Batching off: still off the loop, one call per forward.
         t_in = time.perf_counter()
         loop = asyncio.get_running_loop()
-        worker = self._symbolic() if isinstance(module, FunctionModule) else self._worker(self.placement[q])
+        symbolic = module.cheap or isinstance(module, FunctionModule)
+        worker = self._symbolic() if symbolic else self._worker(self.placement[q])
         results, compute_s = await loop.run_in_executor(worker, run_forward, module, [args])
         queue_ms = (time.perf_counter() - t_in - compute_s) * 1000
         if self.on_batch is not None:

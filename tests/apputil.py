@@ -38,7 +38,7 @@ def b64(data: bytes) -> str:
 @contextmanager
 def client_for(redis_url: str | None = None, **overrides: object) -> Iterator[TestClient]:
     """A TestClient over a fresh app (core pack), returned once /readyz says ready."""
-    settings = Settings(redis_url=redis_url, packs="core", **overrides)  # type: ignore[arg-type]
+    settings = Settings(**{"redis_url": redis_url, "packs": "core", **overrides})  # type: ignore[arg-type]
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:

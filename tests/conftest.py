@@ -26,7 +26,7 @@ os.environ["NSX_GC_FREEZE"] = "false"
 # --------------------------------------------------------------------------- redis
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # db 15: far from whatever a developer uses
-REDIS_FIXTURES = frozenset({"redis_url", "redis_server"})
+REDIS_FIXTURES = frozenset({"redis_url", "redis_server", "durable_redis_server"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,8 +56,9 @@ class RedisServer:
     """A throwaway ``redis-server`` that keeps nothing on disk, and can be stopped and restarted
     on the same port, so clients holding its URL see an outage and a recovery."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, appendonly: bool = False) -> None:
         self.workdir = workdir
+        self.appendonly = appendonly
         self.port = port or free_port()
         self.log_path = workdir / f"redis-{self.port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -85,7 +86,7 @@ class RedisServer:
                     "--save",
                     "",
                     "--appendonly",
-                    "no",
+                    "yes" if self.appendonly else "no",
                     "--dir",
                     str(self.workdir),
                     "--loglevel",
@@ -129,12 +130,12 @@ class RedisServer:
             os.kill(self._proc.pid, signal.SIGCONT)
 
 
-def _start_throwaway(workdir: Path, why: str) -> RedisServer:
+def _start_throwaway(workdir: Path, why: str, *, appendonly: bool = False) -> RedisServer:
     if shutil.which("redis-server") is None:
         pytest.skip(f"needs Redis: {why}, and redis-server is not on PATH to start one")
     last: Exception | None = None
     for _ in range(3):  # free_port() can race with another process
-        server = RedisServer(workdir)
+        server = RedisServer(workdir, appendonly=appendonly)
         try:
             server.start()
             return server
@@ -187,6 +188,16 @@ def redis_url(_redis_base_url: str) -> Iterator[str]:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server for this test, to stop/start/pause at will; killed at teardown."""
     server = _start_throwaway(tmp_path, "this test stops and restarts its own server")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def durable_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """``redis_server`` with an append-only file: what it was given survives its restarts."""
+    server = _start_throwaway(tmp_path, "this test restarts a durable server of its own", appendonly=True)
     try:
         yield server
     finally:

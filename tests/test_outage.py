@@ -11,7 +11,8 @@ from tests.apputil import b64, client_for, png_bytes
 PROGRAM = "R = REGION(image=IMAGE, box=[{x}, 5, 40, 40])\nn = COUNT(box=R)\nanswer = n * 10\n"
 
 
-def test_runs_survive_a_redis_outage(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_runs_survive_a_redis_outage(durable_redis_server) -> None:  # type: ignore[no-untyped-def]
+    redis_server = durable_redis_server
     image = {"IMAGE": b64(png_bytes())}
     with client_for(redis_server.url) as client:
         def run(x: int) -> dict:
@@ -48,3 +49,40 @@ def test_runs_survive_a_redis_outage(redis_server) -> None:  # type: ignore[no-u
         plain = redis.Redis.from_url(redis_server.url)
         assert plain.exists(f"nsx:v1:run:{after['run_id']}") == 1
         assert "nsx_store_available 1.0" in client.get("/metrics").text
+
+
+def test_records_are_persisted_only_where_they_outlive_a_restart(redis_server, durable_redis_server,  # type: ignore[no-untyped-def]
+                                                                 caplog) -> None:
+    image = {"IMAGE": b64(png_bytes())}
+    body = {"program": PROGRAM.format(x=1), "images": image}
+    with caplog.at_level("WARNING", logger="nsx.store"), client_for(redis_server.url) as client:
+        assert client.post("/v1/runs", json=body).json()["persisted"] is False
+        assert client.get("/readyz").json()["store_durable"] is False
+    assert "appendonly no" in caplog.text
+    with client_for(durable_redis_server.url) as client:
+        assert client.post("/v1/runs", json=body).json()["persisted"] is True
+        assert client.get("/readyz").json()["store_durable"] is True
+    with client_for(redis_server.url, redis_durable=True) as client:  # the deployment says so
+        assert client.post("/v1/runs", json=body).json()["persisted"] is True
+    with client_for(None) as client:
+        assert client.post("/v1/runs", json=body).json()["persisted"] is False
+
+
+def test_an_upload_unreadable_during_an_outage_is_a_503_not_a_422(durable_redis_server) -> None:  # type: ignore[no-untyped-def]
+    redis_server = durable_redis_server  # what it was given is there again after its restart
+    with client_for(redis_server.url) as client:
+        ref = client.post("/v1/images", content=png_bytes(seed=3), headers={"content-type": "image/png"}).json()
+        body = {"program": "n = COUNT(box=REGION(image=IMAGE, box=[0, 0, 5, 5]))", "images": {"IMAGE": ref["sha256"]}}
+        redis_server.stop()
+        r = client.post("/v1/runs", json=body)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+        assert "unreachable" in r.json()["errors"][0]["message"]
+        # Uploaded while it is down: kept by this process, and runs on it work.
+        during = client.post("/v1/images", content=png_bytes(seed=4), headers={"content-type": "image/png"}).json()
+        ok = client.post("/v1/runs", json={**body, "images": {"IMAGE": during["sha256"]}})
+        assert ok.status_code == 200 and ok.json()["status"] == "succeeded"
+        redis_server.start()
+        deadline = time.monotonic() + 30
+        while client.post("/v1/runs", json=body).status_code != 200:
+            assert time.monotonic() < deadline, "never recovered"
+            time.sleep(0.3)

@@ -115,6 +115,7 @@ def test_filter_by_known_words_runs_on_the_event_loop() -> None:
 def test_the_pool_runs_inline_calls_on_the_loop_and_the_rest_on_the_symbolic_worker() -> None:
     class Where(FunctionModule):
         cheap = False
+        bounded = True  # only a module whose time is bounded may run on the loop
 
         def inline(self, args: Any) -> bool:
             return bool(args["here"])

@@ -23,7 +23,7 @@ async def healthz() -> Health:
 async def readyz(svc: Service = Depends(service)) -> JSONResponse:
     """Ready: every enabled module is loaded and warm (503 until then)."""
     body = Readiness(status="ready" if svc.ready else "loading", store=svc.store.name,
-                     store_available=svc.store.available,
+                     store_available=svc.store.available, store_durable=svc.store.durable,
                      modules={n: s.state for n, s in svc.pool.states.items()}, text_model=svc.text_model)
     return JSONResponse(body.model_dump(), status_code=200 if svc.ready else 503)
 

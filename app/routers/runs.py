@@ -30,7 +30,7 @@ _RUN_BODY = {"requestBody": {"required": True, "content": {
 EXTRA_SCHEMAS = (RunRequest,)
 
 
-@router.post("", response_model=RunRecord, responses=responses(400, 401, 413, 415, 422, 429),
+@router.post("", response_model=RunRecord, responses=responses(400, 401, 413, 415, 422, 429, 503),
              openapi_extra=_RUN_BODY)
 async def create_run(request: Request, svc: Service = Depends(service),
                      store: Store = Depends(tenant_store)) -> Response:
@@ -38,6 +38,9 @@ async def create_run(request: Request, svc: Service = Depends(service),
     with a ``program`` field and one file per image variable. A run that fails in a step is still
     a 200: its record says which step failed and why."""
     t0 = time.perf_counter()
+    if getattr(request.app.state, "draining", False):
+        raise ApiError(503, "this server is shutting down and takes no new runs", hint="retry: another server "
+                       "(or this one, restarted) will take it", headers={"Retry-After": "1"})
     run = await read_run(request, svc.settings)
     # Compiled and admitted before any image is decoded: a bad program or a full service costs no
     # decoding, and images the program does not use are never decoded at all.

@@ -210,5 +210,7 @@ SIGNATURES: tuple[Signature, ...] = _module.signatures
 
 
 def pack() -> Pack:
-    return Pack("core", [EvalModule(), *_module.modules()],
-                doc="Symbolic modules: counting, cropping, set operations, drawing, EVAL.")
+    modules: list[Module] = [EvalModule(), *_module.modules()]
+    for m in modules:
+        m.bounded = True  # this pack's own functions, each linear in its inputs (EVAL within the DSL's limits)
+    return Pack("core", modules, doc="Symbolic modules: counting, cropping, set operations, drawing, EVAL.")

@@ -410,4 +410,6 @@ def pack() -> Pack:
         FunctionModule(_sig(SAME_SIG, CODE_VERSION), same),
         FunctionModule(_sig(UNIQUE_SIG, CODE_VERSION), unique),
     ]
+    for m in mods[1:]:
+        m.bounded = True  # CLEVR's functions over a scene's objects: linear in them
     return Pack("shapes", mods, doc="The shapes world: trained detector and attribute classifier, CLEVR's functions.")

@@ -132,6 +132,7 @@ class OracleLoc(Module):
 
     signature = replace(LOC_SIG, version="oracle")  # its own cache keys: never mixed with LOC's
     cheap = True
+    bounded = True  # a lookup in the ground truth
     vocabulary = LOC_VOCABULARY  # the phrases go where the real LOC's would
 
     def __init__(self) -> None:
