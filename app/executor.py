@@ -146,6 +146,8 @@ class Executor:
         self.step_timeout_s = step_timeout_s
         self.on_cache = on_cache
         self._inflight: dict[str, asyncio.Task[_Computed]] = {}
+        # How many steps wait for each computation: the last one to be cancelled cancels it.
+        self._waiters: dict[asyncio.Task[_Computed], int] = {}
 
     async def execute(self, plan: Plan, images: Mapping[str, ImageValue], *, cache: bool = True,
                       timeout_s: float | None = None, on_step: StepHook | None = None,
@@ -256,7 +258,7 @@ class Executor:
             else:
                 task, started = self._task(run, step, key, args)
                 rec.shared = not started
-                computed = await asyncio.wait_for(asyncio.shield(task), self.step_timeout_s)
+                computed = await self._share(task, self.step_timeout_s)
         except TimeoutError:
             rec.status, rec.error = "failed", f"timed out after {self.step_timeout_s:g} s"
             run.reasons[step.id] = "timeout"
@@ -290,7 +292,7 @@ class Executor:
                 task, started = self._task(run, step, gkey, {**args, **general})
                 rec.shared = not started
                 run.general_tasks[gkey] = task
-            base = await asyncio.shield(task)
+            base = await self._share(task)
             value = base.value
         run.generals[gkey] = value
         refined = step_output(module.refine(value, args), key, args.values())
@@ -300,6 +302,25 @@ class Executor:
             return _Computed(refined, doc, (time.perf_counter() - t0) * 1000, 0.0, "cpu", 1, persisted)
         return _Computed(refined, doc, base.ms, base.queue_ms, base.device, base.batch_size,
                          persisted and base.persisted)
+
+    async def _share(self, task: asyncio.Task[_Computed], timeout_s: float | None = None) -> _Computed:
+        """Wait for a computation other steps may share. A timeout leaves it running (its answer is
+        cached for the next run that asks); a cancelled waiter — its run cancelled, as when the
+        client went away — cancels it only if no other step still waits for it."""
+        self._waiters[task] = self._waiters.get(task, 0) + 1
+        try:
+            # The timeout inside, around the shield: it abandons the wait, never the computation.
+            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except asyncio.CancelledError:
+            if self._waiters.get(task) == 1 and not task.done():
+                task.cancel()
+            raise
+        finally:
+            left = self._waiters.get(task, 1) - 1
+            if left:
+                self._waiters[task] = left
+            else:
+                self._waiters.pop(task, None)
 
     def _task(self, run: _Run, step: Step, key: str, args: dict[str, Any]) -> tuple[asyncio.Task[_Computed], bool]:
         """The computation for ``key``: the one already in flight (shared), or a new one (True).

@@ -345,7 +345,8 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """Status and body; the response's headers (lower-case names) into ``headers`` when given."""
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
             sock = self._writer.get_extra_info("socket")
@@ -361,6 +362,8 @@ class Connection:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
+            if headers is not None:
+                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
         return status, await self._reader.readexactly(length)
 
     async def close(self) -> None:

@@ -172,3 +172,31 @@ def test_a_stuck_run_holds_shutdown_only_for_the_shutdown_timeout() -> None:
         t.join(10)
     finally:
         proc.kill()
+
+
+def test_a_client_that_goes_away_cancels_its_run_but_not_a_shared_step() -> None:
+    proc, url = _start({"NSX_STEP_TIMEOUT_S": "30"})
+    try:
+        def impatient(program: str) -> None:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{url}/v1/runs", json={"program": program}, timeout=0.5)
+
+        # Alone: the client leaves, the run is cancelled and recorded nowhere.
+        impatient("x = SLOW(seconds=1.5)")
+        # Shared: the step goes on for the client that stays.
+        out: list[httpx.Response] = []
+        stays = threading.Thread(target=lambda: out.append(
+            httpx.post(f"{url}/v1/runs", json={"program": "y = SLOW(seconds=1.2)"}, timeout=30)))
+        stays.start()
+        time.sleep(0.2)
+        impatient("y = SLOW(seconds=1.2)")
+        stays.join(30)
+        assert out and out[0].status_code == 200, out
+        assert out[0].json()["status"] == "succeeded" and out[0].json()["steps"][0]["cache"] == "miss"
+        time.sleep(0.5)
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'nsx_runs_total{status="cancelled"} 2.0' in metrics, metrics[:3000]
+        assert 'nsx_runs_total{status="succeeded"} 1.0' in metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

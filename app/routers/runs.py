@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 
 from fastapi import APIRouter, Depends, Request
@@ -16,6 +18,7 @@ from ..service import Service
 from ..store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+log = logging.getLogger("nsx.runs")
 
 _RUN_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}},
@@ -49,10 +52,31 @@ async def create_run(request: Request, svc: Service = Depends(service),
     tenant = tenant_of(request)
     await svc.galleries.ensure(tenant)
     images = await load_images(run, plan.inputs, svc.settings, store)
-    record = await svc.runs.run(run.program, images, cache=run.options.cache, timeout_s=run.options.timeout_s,
-                                started=t0, store=store, tenant=tenant, plan=plan,
-                                unused=[n for n in run.names if n not in images])
-    return Response(record.encoded(), media_type="application/json")
+    running = asyncio.ensure_future(svc.runs.run(run.program, images, cache=run.options.cache,
+                                                 timeout_s=run.options.timeout_s, started=t0, store=store,
+                                                 tenant=tenant, plan=plan,
+                                                 unused=[n for n in run.names if n not in images]))
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({running, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not running.done():
+        # Nobody will read the answer: what only this run needed stops; steps another run shares
+        # go on for it (``Executor._share``).
+        running.cancel()
+        log.info("the client of a run went away; the run is cancelled", extra={"event": "run_cancelled",
+                                                                               "tenant": tenant or None})
+        svc.metrics.runs.labels("cancelled").inc()
+        return Response(status_code=499)
+    return Response(running.result().encoded(), media_type="application/json")
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client closes the connection. Once the body is read, the server's next
+    message on this request is the disconnect (the test clients send it when the response ends)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stored(store: Store, run_id: str) -> bytes:
