@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis
 
 from bench.common import SHAPES_PROGRAM, Connection, Report, client, free_port, options, server, shapes_scenes, upload
+from bench.workload import settle
 
 CORE_PROGRAM = """\
 R = REGION(image=IMAGE, box=[20, 20, 140, 140])
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     report = Report("load")
     try:
         with server({"NSX_REDIS_URL": store.url, "NSX_PACKS": "core,shapes", "NSX_LOG_LEVEL": "warning"}) as srv:
+            # Quiet first: a ready server still loads its text model in the background.
+            settle(srv.pid)
             scenes = shapes_scenes(24, seed=777)
             with client(srv.base) as http:
                 refs = [upload(http, s) for s in scenes]
