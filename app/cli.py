@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
@@ -240,15 +237,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app.state.draining = True
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
+    # uvicorn ends the process by the signal it caught once it has stopped (at most the graceful
+    # timeout after it), so a module thread that never returns does not hold the exit.
     Draining(config).run()
-    stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    if stuck:
-        # A module that never returns keeps its thread, and the interpreter would wait for it at
-        # exit: the shutdown timeout is the promise, so the process ends here.
-        logging.getLogger("nsx").warning("exiting with %d threads still busy in modules: %s", len(stuck),
-                                         ", ".join(stuck[:8]))
-        logging.shutdown()
-        os._exit(0)
     return 0
 
 

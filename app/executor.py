@@ -17,7 +17,7 @@ from program_dsl import NONE, Const, Input, Plan, Ref, Source, Step, step_key, t
 
 from .records import StepRecord
 from .serialize import DecodeError, artifact_keys, decode, doc_type, encode, from_bytes, to_bytes
-from .store import Item, ScopedStore, Store
+from .store import Item, Store
 
 log = logging.getLogger("nsx.executor")
 
@@ -327,7 +327,7 @@ class Executor:
         Shared only within what the run's store shares: one tenant's computation writes its output
         where another tenant's run would not find it."""
         cache = run.cache
-        flight = (run.store.prefix("step") if isinstance(run.store, ScopedStore) else "") + key
+        flight = run.store.prefix("step") + key
         task = self._inflight.get(flight) if cache else None
         if task is not None:
             return task, False

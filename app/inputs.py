@@ -22,7 +22,8 @@ from .serialize import decode_base64_image
 from .settings import Settings
 from .store import Store
 
-_IMAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_IMAGE_NAME = re.compile(_NAME)
 _SHA_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -31,7 +32,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-ImageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+ImageName = Annotated[str, StringConstraints(pattern=_NAME, max_length=64)]
+
+# Room in a body beyond its program and images, for JSON or multipart framing and small fields.
+FRAMING = 64 * 1024
+
+
+def run_body_limit(settings: Settings) -> int:
+    """The most bytes a run's body may hold: its images in base64 (a third more), and a program
+    whose JSON escapes may double it."""
+    return settings.max_program_bytes * 2 + settings.max_images * (settings.max_image_bytes * 4 // 3) + FRAMING
 
 
 def _unicode(text: str) -> str:
@@ -119,9 +129,13 @@ async def decode_image(data: bytes, settings: Settings, what: str) -> tuple[Imag
     """The image and its format, within the size and pixel limits; decoded in full (bytes a client
     sent are checked before anything is stored), on a thread when it is large."""
     w, h, fmt = probe_image(data, settings, what)
-    if w * h <= INLINE_PIXELS and len(data) <= INLINE_BYTES:
-        return _decoded(data, what), fmt
-    return await asyncio.to_thread(_decoded, data, what), fmt
+    return await _decode_probed(data, w * h, what), fmt
+
+
+async def _decode_probed(data: bytes, pixels: int, what: str) -> ImageValue:
+    if pixels <= INLINE_PIXELS and len(data) <= INLINE_BYTES:
+        return _decoded(data, what)
+    return await asyncio.to_thread(_decoded, data, what)
 
 
 def require_json(request: Request, *, multipart: bool = False) -> None:
@@ -168,7 +182,8 @@ async def load_images(run: RunInputs, used: Iterable[str], settings: Settings, s
     """The images of ``used`` (the plan's inputs; the others are neither decoded nor kept), each
     within the limits and all of them within NSX_MAX_RUN_PIXELS, checked by their headers before
     any is decoded; inline ones are stored for reuse."""
-    wanted = [n for n in run.names if n in set(used)]
+    used = set(used)
+    wanted = [n for n in run.names if n in used]
     texts = {n: run.encoded[n] for n in wanted if n in run.encoded}
     raw = {n: run.raw[n] for n in wanted if n in run.raw}
     if texts:
@@ -177,7 +192,7 @@ async def load_images(run: RunInputs, used: Iterable[str], settings: Settings, s
             raw.update(_from_base64(texts))
         else:
             raw.update(await asyncio.to_thread(_from_base64, texts))
-    stored: dict[str, bytes] = {}
+    images: dict[str, ImageValue] = {}
     for name in wanted:
         if name in run.refs:
             data = await store.get("img", run.refs[name])
@@ -189,25 +204,17 @@ async def load_images(run: RunInputs, used: Iterable[str], settings: Settings, s
             if data is None:
                 raise ApiError(422, f"image {name} refers to {run.refs[name]}, which this server does not have",
                                hint="upload it with POST /v1/images first, or send the bytes", kind="unknown_image")
-            stored[name] = data
-    sizes = {n: probe_image(raw[n], settings, f"image {n}")[:2] for n in wanted if n in raw}
-    for name, data in stored.items():
-        with Image.open(io.BytesIO(data)) as probe:  # checked when uploaded
-            sizes[name] = probe.size
-    total = sum(w * h for w, h in sizes.values())
+            images[name] = ImageValue.stored(data, run.refs[name])  # checked when uploaded: decoded if needed
+    pixels = {n: w * h for n in wanted if n in raw for w, h, _ in [probe_image(raw[n], settings, f"image {n}")]}
+    total = sum(pixels.values()) + sum(im.width * im.height for im in images.values())
     if total > settings.max_run_pixels:
         raise ApiError(413, f"the images this program uses have {total} pixels in all; the limit is "
                             f"{settings.max_run_pixels} (NSX_MAX_RUN_PIXELS)", hint="send smaller images, or fewer",
                        kind="too_many_pixels")
-    images: dict[str, ImageValue] = {}
-    for name in wanted:
-        if name in stored:
-            images[name] = ImageValue.stored(stored[name], run.refs[name])  # decoded only if a step needs it
-        else:
-            data = raw[name]
-            images[name], _ = await decode_image(data, settings, f"image {name}")
-            await store.put("img", images[name].key, data, settings.image_ttl_s)
-    return images
+    for name, count in pixels.items():
+        images[name] = await _decode_probed(raw[name], count, f"image {name}")
+        await store.put("img", images[name].key, raw[name], settings.image_ttl_s)
+    return {n: images[n] for n in wanted}
 
 
 async def _from_form(request: Request, settings: Settings) -> tuple[RunRequest, dict[str, bytes]]:
@@ -243,8 +250,7 @@ async def _from_form(request: Request, settings: Settings) -> tuple[RunRequest, 
 
 async def _from_json(request: Request, settings: Settings) -> tuple[RunRequest, dict[str, bytes]]:
     require_json(request, multipart=True)
-    body_limit = settings.max_program_bytes * 2 + settings.max_images * settings.max_image_bytes * 4 // 3 + 65536
-    body = await read_limited(request, body_limit)
+    body = await read_limited(request, run_body_limit(settings))
     try:
         run_req = RunRequest.model_validate_json(body)
     except ValidationError as e:

@@ -15,6 +15,7 @@ from modules.packs import PackError, load_packs
 
 from . import errors
 from .deps import ApiKeys, BodyLimits, ErrorCounter
+from .inputs import FRAMING, run_body_limit
 from .metrics import Metrics
 from .routers import galleries, health, images, modules, programs, runs
 from .service import make_pool, running
@@ -53,15 +54,11 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
     return app
 
 
-# Room beyond a body's content for JSON framing, multipart boundaries and small fields.
-FRAMING = 64 * 1024
-
-
 def body_limits(settings: Settings) -> Callable[[str, str], tuple[int, str]]:
     """The most bytes each route may receive (what its largest valid request needs, no more), and
     what a client that sends more is told."""
     image_mb = f"{settings.max_image_bytes} bytes"
-    run = (settings.max_program_bytes * 2 + settings.max_images * (settings.max_image_bytes * 4 // 3) + FRAMING,
+    run = (run_body_limit(settings),
            f"the body is over the limit: a run takes at most {settings.max_images} images of at most {image_mb} "
            f"each (base64 adds a third) and a program of at most {settings.max_program_bytes} bytes")
     image = (settings.max_image_bytes + FRAMING, f"the body is over the limit: an image may be at most {image_mb}")

@@ -37,7 +37,7 @@ class Service:
     # are: readiness does not wait for them (exact words never need them).
     warming: asyncio.Task[None] | None = None
     _views: dict[str, Store] = field(default_factory=dict)
-    lag: LoopLag = field(default_factory=lambda: LoopLag())
+    lag: LoopLag = field(default_factory=lambda: LoopLag())  # a lambda: LoopLag is defined below
 
     @property
     def ready(self) -> bool:

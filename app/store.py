@@ -87,6 +87,11 @@ class Store(Protocol):
         """Whether what it keeps outlives a restart of its backend (Redis with append-only on)."""
         ...
 
+    def prefix(self, kind: str) -> str:
+        """What this store puts before a key of ``kind``: a tenant's name in a tenant's view, so
+        equal keys of two views are two values."""
+        ...
+
     def stats(self) -> dict[str, int | float | bool | str]: ...
 
 
@@ -172,6 +177,9 @@ class MemoryStore:
     @property
     def durable(self) -> bool:
         return False  # this process's memory: gone with it
+
+    def prefix(self, kind: str) -> str:
+        return ""
 
     async def get(self, kind: str, key: str) -> bytes | None:
         value = self._lookup(full_key(kind, key))
@@ -339,6 +347,9 @@ class RedisStore:
     @property
     def durable(self) -> bool:
         return self._durable and self._available
+
+    def prefix(self, kind: str) -> str:
+        return ""
 
     async def check_durability(self) -> bool:
         """Read the server's persistence settings: records are durable only with append-only on.
@@ -572,7 +583,6 @@ class ScopedStore:
         self.name = base.name
 
     def prefix(self, kind: str) -> str:
-        """What this view puts before a key of ``kind``."""
         return "" if not self.tenant or kind in self.shared else f"t/{self.tenant}/"
 
     def _k(self, kind: str, key: str) -> str:

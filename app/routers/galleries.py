@@ -16,14 +16,12 @@ from modules.gallery import Gallery, GalleryError, clean_name
 
 from ..deps import service, tenant_of
 from ..errors import ApiError, responses
-from ..inputs import decode_image, read_limited
+from ..inputs import FRAMING, decode_image, read_limited
 from ..records import GalleryDetail, GalleryEntry, GalleryInfo, GalleryList, GalleryName
 from ..service import Service
 
 router = APIRouter(prefix="/v1", tags=["galleries"])
 
-# Room in a form, beyond the image's own limit, for the name and the multipart framing.
-FORM_OVERHEAD = 64 * 1024
 MAX_SHOWN = 20
 
 _ADD_BODY = {"requestBody": {"required": True, "content": {
@@ -88,7 +86,7 @@ async def _form(request: Request, limit: int, gallery: str) -> tuple[str, bytes]
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(422, "send a multipart form with the fields 'name' and 'image'", hint=_hint(gallery))
     try:
-        body = await read_limited(request, limit + FORM_OVERHEAD)
+        body = await read_limited(request, limit + FRAMING)
     except ApiError as e:
         raise ApiError(413, f"the form is over the limit: an image may be at most {limit} bytes",
                        hint="send a smaller photo: a face needs no more than about 1000 pixels across",
@@ -99,7 +97,7 @@ async def _form(request: Request, limit: int, gallery: str) -> tuple[str, bytes]
 
     try:
         form = await MultiPartParser(request.headers, chunks(), max_files=2, max_fields=4,
-                                     max_part_size=FORM_OVERHEAD).parse()
+                                     max_part_size=FRAMING).parse()
     except MultiPartException as e:
         raise ApiError(400, f"the form could not be read: {e.message}", hint=_hint(gallery)) from None
     name = form.get("name")
