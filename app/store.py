@@ -10,10 +10,11 @@ a back-off instead of on every call (a dead server must not add a timeout to eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import redis.asyncio as aredis
@@ -339,6 +340,13 @@ class RedisStore:
         self._durable = bool(durable)
         self.persistence = "declared" if durable is not None else "unknown"
         self._checking: asyncio.Task[bool] | None = None
+        # Write-back of the fallback after an outage: the keys of the batch in flight, and a lock
+        # held while it is, so a new write of one of them waits and lands after it, never before.
+        self._writing_back: asyncio.Task[int] | None = None
+        self._in_flight: frozenset[str] = frozenset()
+        self._flight = asyncio.Lock()
+        self._putting: Counter[str] = Counter()
+        self.written_back = 0
 
     @property
     def available(self) -> bool:
@@ -391,7 +399,8 @@ class RedisStore:
         full = full_key(kind, key)
         data = _as_bytes(value)
         _check_ttl(ttl_s)
-        reply = await self._attempt(lambda: self._client.set(full, data, ex=ttl_s))
+        async with self._writing((full,)):
+            reply = await self._attempt(lambda: self._client.set(full, data, ex=ttl_s))
         if reply is not _FAILED and reply:
             self._fallback._discard(full)
             return True
@@ -420,7 +429,8 @@ class RedisStore:
             replies: list[object] = await pipe.execute()
             return replies
 
-        replies = await self._attempt(write)
+        async with self._writing([r[0] for r in rows]):
+            replies = await self._attempt(write)
         ok = not isinstance(replies, _Failed)
         for i, (full, data, ttl) in enumerate(rows):
             if ok and isinstance(replies, list) and replies[i]:
@@ -473,6 +483,9 @@ class RedisStore:
 
     async def close(self) -> None:
         self._closed = True
+        for task in (self._writing_back, self._checking):
+            if task is not None and not task.done():
+                task.cancel()
         try:
             await self._client.aclose()
         except Exception:  # closing a pool to a dead server must not fail shutdown
@@ -490,6 +503,7 @@ class RedisStore:
             "retry_in_s": round(retry_in_s, 3),
             "fallback_entries": fallback["entries"],
             "fallback_bytes": fallback["bytes"],
+            "written_back": self.written_back,
         }
 
     async def _attempt(self, op: Callable[[], Awaitable[T]], *, force: bool = False) -> T | _Failed:
@@ -549,11 +563,92 @@ class RedisStore:
         self._backoff_s = self._retry_after_s
         self._reconnects += 1
         _emit(self._on_event, "reconnect")
-        logger.warning("redis store reachable again after %d errors; %d values written meanwhile stay in this "
-                       "process's fallback", self._errors, len(self._fallback._entries))
+        pending = len(self._fallback._entries)
+        logger.warning("redis store reachable again after %d errors; writing back the %d values kept in this "
+                       "process's fallback meanwhile", self._errors, pending)
         # A restarted server may keep its data differently than the one that went away. (Called
         # from ``_attempt``, so always on the running loop.)
-        self._checking = asyncio.get_running_loop().create_task(self.check_durability())
+        loop = asyncio.get_running_loop()
+        self._checking = loop.create_task(self.check_durability())
+        if pending and (self._writing_back is None or self._writing_back.done()):
+            self._writing_back = loop.create_task(self.write_back())
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, fulls: Sequence[str]) -> AsyncIterator[None]:
+        """Around a caller's write: after any write-back batch holding one of these keys (so the
+        caller's value lands last), and marked so that no batch starts with them meanwhile (the
+        caller drops them from the fallback on success, or stores its newer value there)."""
+        if self._in_flight and not self._in_flight.isdisjoint(fulls):
+            async with self._flight:
+                pass
+        self._putting.update(fulls)
+        try:
+            yield
+        finally:
+            self._putting.subtract(fulls)
+            for f in fulls:
+                if self._putting[f] <= 0:
+                    del self._putting[f]
+
+    async def write_back(self, batch: int = 64, batch_bytes: int = 4 * 1024 * 1024) -> int:
+        """Copy what the fallback holds to Redis, in pipelined batches, and drop each value from the
+        fallback once Redis has it: uploads and records made during an outage become durable and
+        visible to other processes. Stops at the first failure (the next recovery starts again).
+        Returns how many values were written.
+
+        Ordering: a value still in the fallback is newer than Redis' copy (see the class doc); a
+        write of a key in the batch in flight waits for that batch, and a key being written by a
+        caller is left out of the batch (``_writing``), so a caller's value always lands last."""
+        written = 0
+        fb = self._fallback
+        while self._available and not self._closed:
+            now = fb._clock()
+            rows: list[tuple[str, _Entry, int | None]] = []
+            size = 0
+            for full, entry in list(fb._entries.items()):
+                if full in self._putting:
+                    continue
+                if entry.expires_at is not None:
+                    left = entry.expires_at - now
+                    if left <= 0.001:
+                        continue
+                    ttl: int | None = max(1, int(left + 0.999))
+                else:
+                    ttl = None
+                rows.append((full, entry, ttl))
+                size += len(entry.value)
+                if len(rows) >= batch or size >= batch_bytes:
+                    break
+            if not rows:
+                break
+
+            async def write(rows: list[tuple[str, _Entry, int | None]] = rows) -> list[object]:
+                pipe = self._client.pipeline(transaction=False)
+                for full, entry, ttl in rows:
+                    pipe.set(full, entry.value, ex=ttl)
+                replies: list[object] = await pipe.execute()
+                return replies
+
+            async with self._flight:
+                self._in_flight = frozenset(r[0] for r in rows)
+                try:
+                    replies = await self._attempt(write)
+                finally:
+                    self._in_flight = frozenset()
+            if not isinstance(replies, list):
+                break
+            for (full, entry, _), ok in zip(rows, replies):
+                # Only the value that was sent: one rewritten meanwhile stays for the next batch.
+                if ok and fb._entries.get(full) is entry:
+                    fb._discard(full)
+                    written += 1
+            if not all(replies):
+                break
+        self.written_back += written
+        if written:
+            logger.warning("redis store: wrote back %d values from the in-process fallback; %d left",
+                           written, len(fb._entries))
+        return written
 
 
 def open_store(redis_url: str | None, memory_bytes: int, *, on_event: EventHook | None = None,

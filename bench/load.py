@@ -31,7 +31,6 @@ import base64
 import json
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +99,7 @@ class RedisServer:
 @dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
     succeeded: int = 0
     failed_runs: list[str] = field(default_factory=list)
@@ -139,7 +139,9 @@ async def client_loop(port: int, pool: list[tuple[str, bytes, bool]], weights: l
                 await conn.close()
                 conn = Connection("127.0.0.1", port)
                 continue
-            tally.latencies.append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            tally.latencies.append(took)
+            tally.by_kind.setdefault(kind, []).append(took)
             tally.statuses[str(status)] += 1
             if status == 200:
                 record = json.loads(data)
@@ -157,6 +159,13 @@ async def client_loop(port: int, pool: list[tuple[str, bytes, bool]], weights: l
                 tally.unexpected.append(f"{kind}: {status}: {data[:200]!r}")
     finally:
         await conn.close()
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values (nearest rank); 0 for none."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def restarter(store: RedisServer, times: int, t0: float, seconds: float, log: list[str]) -> None:
@@ -224,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     lat = sorted(tally.latencies)
     total = len(lat)
     report.add("runs_per_s", f"answers per second, {args.clients} clients", [total / elapsed], " /s")
-    report.add("p50_ms", "latency p50", [statistics.median(lat) * 1000 if lat else 0.0], " ms")
-    report.add("p99_ms", "latency p99", [lat[min(total - 1, int(total * 0.99))] * 1000 if lat else 0.0], " ms")
+    report.add("p50_ms", "latency p50", [percentile(lat, 0.5) * 1000], " ms")
+    report.add("p99_ms", "latency p99", [percentile(lat, 0.99) * 1000], " ms")
     report.add("peak_rss_mib", "server peak resident memory", [max(peak)], " MiB")
     report.add("failed_runs", "runs that failed (200 with status failed)", [len(tally.failed_runs)], "", "<= 0")
     report.add("unexpected", "unexpected answers (4xx/5xx other than the planted 422; 429/503 without "
@@ -241,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     by_status = ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items()))
     report.notes.append(f"{total} answers in {elapsed:.1f} s: {by_status}; succeeded {tally.succeeded}, "
                         f"planted 422s {tally.expected}, 429/503 with Retry-After {dict(tally.retry_asked)}")
+    for kind, times in sorted(tally.by_kind.items()):
+        times.sort()
+        report.notes.append(f"{kind}: {len(times)} answers, p50 {percentile(times, 0.5) * 1000:.0f} ms, "
+                            f"p99 {percentile(times, 0.99) * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
     for line in restarts:
         report.notes.append(line)
     for what, items in (("failed run", tally.failed_runs), ("unexpected", tally.unexpected),

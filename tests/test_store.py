@@ -368,7 +368,60 @@ async def test_redis_rewrite_during_outage_is_not_shadowed_after_recovery(redis_
         assert await s.put("run", "r", b"archived") is True
         assert s.available is True
         assert await s.get("run", "r") == b"archived"
-        assert s.stats()["fallback_entries"] == 1  # a write that reached Redis leaves the fallback
+        await wait_written_back(s)
+        assert s.stats()["fallback_entries"] == 0
+        with plain_client(redis_server.url) as c:
+            assert c.get(full_key("run", "r")) == b"archived"  # the write-back did not undo it
+            assert c.get(full_key("step", "other")) == b"v"
+    finally:
+        await s.close()
+
+
+async def wait_written_back(s: RedisStore) -> None:
+    task = s._writing_back
+    if task is not None:
+        await asyncio.wait_for(task, 5)
+
+
+async def test_redis_fallback_is_written_back_after_recovery(redis_server: RedisServer) -> None:
+    # Uploads and records kept in the fallback during an outage reach Redis once it is back, with
+    # what is left of their TTL, so another process (or this one after a restart) can read them.
+    s = RedisStore(redis_server.url, retry_after_s=0.2)
+    try:
+        await s.put("step", "warm", b"v")
+        redis_server.stop()
+        assert await s.put("img", "upload", b"png bytes", ttl_s=600) is False
+        assert await s.put_many([Item("run", f"r{i}", b"record %d" % i, None) for i in range(150)]) is False
+        assert s.stats()["fallback_entries"] == 151
+        redis_server.start()
+        await asyncio.sleep(0.25)
+        assert await s.ping() is True
+        await wait_written_back(s)
+        st = s.stats()
+        assert st["fallback_entries"] == 0 and st["written_back"] == 151
+        with plain_client(redis_server.url) as c:
+            assert c.get(full_key("img", "upload")) == b"png bytes"
+            assert 590 <= c.ttl(full_key("img", "upload")) <= 600
+            assert c.get(full_key("run", "r149")) == b"record 149" and c.ttl(full_key("run", "r149")) == -1
+    finally:
+        await s.close()
+
+
+async def test_redis_write_during_write_back_lands_last(redis_server: RedisServer) -> None:
+    s = RedisStore(redis_server.url, retry_after_s=0.2)
+    try:
+        await s.put("run", "r", b"old")
+        redis_server.stop()
+        assert await s.put("run", "r", b"outage") is False
+        redis_server.start()
+        await asyncio.sleep(0.25)
+        assert await s.ping() is True
+        # The write-back task has been created and not yet run: this write races it.
+        assert await s.put("run", "r", b"newest") is True
+        await wait_written_back(s)
+        with plain_client(redis_server.url) as c:
+            assert c.get(full_key("run", "r")) == b"newest"
+        assert await s.get("run", "r") == b"newest"
     finally:
         await s.close()
 
