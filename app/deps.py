@@ -15,6 +15,7 @@ from .metrics import Metrics
 from .service import Service
 from .store import Store
 from .tenants import DEFAULT_TENANT, KeyTable
+from .view import PAGE_CSP, error_page
 
 # Where the key check leaves the tenant in the ASGI scope.
 TENANT = "nsx.tenant"
@@ -41,16 +42,31 @@ async def tenant_store(request: Request) -> Store:
     return svc.store_for(tenant_of(request))
 
 
-def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The key a request carries, as the bytes it sent: X-API-Key, else a Bearer token."""
-    given, auth = b"", b""
+# The cookie ``POST /v1/session`` sets, so that pages and event streams, which a browser opens
+# without headers of a script's choosing, carry the key too.
+KEY_COOKIE = "nsx_key"
+_SAFE = frozenset({"GET", "HEAD"})
+
+
+def presented_key(headers: list[tuple[bytes, bytes]], method: str = "GET") -> bytes:
+    """The key a request carries, as the bytes it sent: X-API-Key, else a Bearer token, else (for a
+    GET or HEAD only: a cookie must not be what lets another site's form start a run) the key
+    cookie."""
+    given, auth, cookies = b"", b"", b""
     for name, value in headers:
         if name == b"x-api-key":
             given = value
         elif name == b"authorization":
             auth = value
+        elif name == b"cookie":
+            cookies = value
     if not given and auth[:7].lower() == b"bearer ":
         given = auth[7:].strip()
+    if not given and cookies and method in _SAFE:
+        for part in cookies.split(b";"):
+            name, _, value = part.strip().partition(b"=")
+            if name == KEY_COOKIE.encode():
+                given = value
     return given
 
 
@@ -67,12 +83,15 @@ class ApiKeys:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
-            tenant = self.keys.tenant_of(presented_key(scope["headers"]))
+            tenant = self.keys.tenant_of(presented_key(scope["headers"], scope["method"]))
             if tenant is not None:
                 scope[TENANT] = tenant
             else:
                 scope[ERROR_KIND] = "unauthorized"
-                await _refuse(send, 401, _REFUSED)
+                if scope["path"].endswith("/view"):
+                    await _refuse(send, 401, _refused_page(), "text/html; charset=utf-8")
+                else:
+                    await _refuse(send, 401, _REFUSED)
                 return
         await self.app(scope, receive, send)
 
@@ -114,9 +133,17 @@ class BodyLimits:
 _LIMITS = "the server's limits are NSX_MAX_IMAGE_BYTES, NSX_MAX_IMAGES and NSX_MAX_PROGRAM_BYTES"
 
 
-async def _refuse(send: Send, status: int, body: bytes) -> None:
+def _refused_page() -> bytes:
+    # A run's page is opened by a browser, which sends no key header: the playground keeps it (POST /v1/session).
+    return error_page(401, "missing or wrong API key", "enter the key in the playground (/) once; this browser "
+                      "then sends it with the pages it opens").encode()
+
+
+async def _refuse(send: Send, status: int, body: bytes, content_type: str = "application/json") -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
+                            *([(b"content-security-policy", PAGE_CSP.encode())] if content_type != "application/json"
+                              else [])]})
     await send({"type": "http.response.body", "body": body})
 
 

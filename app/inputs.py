@@ -61,6 +61,8 @@ Text = Annotated[str, AfterValidator(_unicode)]
 class RunOptions(_Strict):
     cache: bool = Field(True, description="read and write the step cache")
     timeout_s: float | None = Field(None, gt=0, description="time limit for this run (capped by the server's)")
+    run_async: bool = Field(False, alias="async", description="answer 202 with the run's id at once, and run it in "
+                                                             "the background: follow it at /v1/runs/{id}/events")
 
 
 class RunRequest(_Strict):

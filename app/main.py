@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 
 from modules.base import Pack
@@ -17,9 +19,12 @@ from . import errors
 from .deps import ApiKeys, BodyLimits, ErrorCounter
 from .inputs import FRAMING, run_body_limit
 from .metrics import Metrics
-from .routers import galleries, health, images, modules, programs, runs
+from .routers import galleries, health, images, modules, pages, programs, runs
 from .service import make_pool, running
 from .settings import Settings
+
+# The pages' scripts, styles and example images: served by nsx itself, nothing from elsewhere.
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = None) -> FastAPI:
@@ -48,8 +53,11 @@ def create_app(settings: Settings | None = None, *, packs: list[Pack] | None = N
     app.add_middleware(ApiKeys, keys=keys)
     app.add_middleware(ErrorCounter, metrics=metrics)
     errors.install(app)
-    for r in (health.router, programs.router, modules.router, images.router, runs.router, galleries.router):
+    for r in (health.router, programs.router, modules.router, images.router, runs.router, galleries.router,
+              pages.router):
         app.include_router(r)
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=True), name="static")
+    app.state.keyed = bool(keys)
     _document(app, runs.EXTRA_SCHEMAS)
     return app
 

@@ -13,7 +13,8 @@ ValueDoc = dict[str, Any]
 
 StepStatus = Literal["pending", "succeeded", "failed", "skipped"]
 CacheOutcome = Literal["hit", "miss", "off"]
-RunStatus = Literal["succeeded", "failed"]
+# "running": an async run read while it runs (``GET /v1/runs/{id}``); its steps say which have ended.
+RunStatus = Literal["running", "succeeded", "failed"]
 
 
 class StepRecord(BaseModel):
@@ -104,6 +105,16 @@ class RunRecord(BaseModel):
         if self._json is None or refresh:
             self._json = self.model_dump_json().encode()
         return self._json
+
+
+class RunAccepted(BaseModel):
+    """An async run, started: follow it at ``events`` (Server-Sent Events), read it at ``url``."""
+
+    run_id: str
+    status: Literal["running"]
+    url: str = Field(description="the run's record: its state while it runs, the whole record after")
+    events: str = Field(description="its steps as Server-Sent Events as they end, then the record")
+    view: str = Field(description="its rationale page")
 
 
 class ErrorItem(Remark):

@@ -17,7 +17,8 @@ from modules.routing import may_load
 from modules.values import ImageValue
 from program_dsl import IMAGE, Limits, Plan, ProgramError, compile_cached
 
-from .executor import Execution, Executor, StepHook
+from .executor import Execution, Executor, StepHook, new_record
+from .live import LiveRun, LiveRuns
 from .metrics import Metrics
 from .records import InputImage, RunRecord, RunWarning, Timings, linked
 from .store import Store
@@ -32,6 +33,10 @@ class RunLimits:
     run_ttl_s: int | None = 30 * 24 * 3600
 
 
+def new_run_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
 class RunService:
     def __init__(self, pool: Pool, store: Store, executor: Executor, *, limits: Limits, run_limits: RunLimits,
                  metrics: Metrics | None = None) -> None:
@@ -42,6 +47,7 @@ class RunService:
         self.run_limits = run_limits
         self.metrics = metrics
         self.active = 0
+        self.live = LiveRuns()
 
     def compile(self, program: str, image_names: Iterable[str] | None, *, count: bool = True) -> Plan:
         """The plan for ``program`` given the images sent (None: the default inputs). Raises
@@ -72,27 +78,31 @@ class RunService:
     async def run(self, program: str, images: Mapping[str, ImageValue], *, cache: bool = True,
                   timeout_s: float | None = None, on_step: StepHook | None = None,
                   started: float | None = None, plan: Plan | None = None, store: Store | None = None,
-                  tenant: str = "", unused: Iterable[str] = ()) -> RunRecord:
+                  tenant: str = "", unused: Iterable[str] = (), run_id: str | None = None,
+                  admitted: bool = False) -> RunRecord:
         """Run ``program`` on ``images`` (``plan``: already compiled from it by ``compile``). Raises
         ProgramError before anything runs, QueueFull when the service is at capacity; a run that
         fails in a step is a record with status "failed". ``store``: the tenant's view of the store
         that the run and its record are kept in (default: the service's own), and ``tenant`` the
         one whose galleries its modules read. ``unused``: images sent but left unread, since the
-        program does not use them (each gets a warning)."""
+        program does not use them (each gets a warning). ``run_id``: the id the record gets (a new
+        one by default); ``admitted``: ``admit`` said yes to this run already (an async run, whose
+        client was answered on that promise)."""
         store = store if store is not None else self.store
         t0 = started if started is not None else time.perf_counter()
         plan = plan if plan is not None else await self.compile_async(program, images)
         compile_ms = (time.perf_counter() - t0) * 1000
         limit = self.run_limits.run_timeout_s
         timeout = min(timeout_s or limit, limit)
-        self.admit(plan)
+        if not admitted:
+            self.admit(plan)
         self.active += 1
         try:
             execution = await self.executor.execute(plan, images, cache=cache, timeout_s=timeout, on_step=on_step,
                                                     decode_result=False, store=store, tenant=tenant)
         finally:
             self.active -= 1
-        record = self._record(plan, images, execution, compile_ms, t0, unused)
+        record = self._record(plan, images, execution, compile_ms, t0, unused, run_id or new_run_id())
         await self._persist(record, store)
         self._report(record, execution, tenant)
         return record
@@ -119,7 +129,7 @@ class RunService:
             self.metrics.run_seconds.observe(execution.ms / 1000)
 
     def _record(self, plan: Plan, images: Mapping[str, ImageValue], execution: Execution, compile_ms: float,
-                t0: float, unused: Iterable[str]) -> RunRecord:
+                t0: float, unused: Iterable[str], run_id: str) -> RunRecord:
         warnings = [RunWarning.model_validate(w.to_dict()) for w in plan.warnings]
         idle = [*(name for name in images if name not in plan.inputs), *unused]
         warnings += [RunWarning(message=f"image {name} is not used by the program", code="unused-image")
@@ -128,7 +138,7 @@ class RunService:
             if step.output is not None:
                 step.output = linked(step.output)
         return RunRecord(
-            run_id=secrets.token_urlsafe(18),
+            run_id=run_id,
             status="succeeded" if execution.status == "succeeded" else "failed",
             result=linked(execution.result_json) if execution.result_json is not None else None,
             error=execution.error,
@@ -144,6 +154,38 @@ class RunService:
             # Known before the write, so the record is written once and says what it will be.
             persisted=execution.persisted and self.store.durable,
         )
+
+    def start(self, program: str, images: Mapping[str, ImageValue], *, plan: Plan, cache: bool = True,
+              timeout_s: float | None = None, started: float | None = None, store: Store | None = None,
+              tenant: str = "", unused: Iterable[str] = ()) -> LiveRun:
+        """Start ``run`` in the background and return at once (an async run): its state and its
+        steps' events are read from the ``LiveRun`` while it runs, its record from the store after.
+        Admitted here, so a full service refuses it now (QueueFull) rather than failing it later."""
+        self.admit(plan)
+        live = LiveRun(run_id=new_run_id(), tenant=tenant, program=plan.canonical, fingerprint=plan.fingerprint(),
+                       inputs={n: InputImage(key=im.key, width=im.width, height=im.height) for n, im in images.items()},
+                       steps=[new_record(s) for s in plan.steps])
+
+        async def go() -> None:
+            try:
+                record = await self.run(program, images, cache=cache, timeout_s=timeout_s, on_step=live.step_ended,
+                                        started=started, plan=plan, store=store, tenant=tenant, unused=unused,
+                                        run_id=live.run_id, admitted=True)
+            except Exception as e:  # the run's watchers get a failed record, not silence
+                log.exception("async run %s crashed", live.run_id)
+                record = self._crashed(live, f"internal error: {type(e).__name__}: {e}")
+                await self._persist(record, store if store is not None else self.store)
+            live.finish(record)
+            self.live.ended(live)
+
+        live.task = asyncio.get_running_loop().create_task(go())
+        self.live.add(live)
+        return live
+
+    def _crashed(self, live: LiveRun, error: str) -> RunRecord:
+        doc = live.state()
+        doc.update(status="failed", error=error, persisted=False)
+        return RunRecord.model_validate(doc)
 
     async def _persist(self, record: RunRecord, store: Store) -> None:
         ttl = self.run_limits.run_ttl_s

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from app.main import create_app
 from app.settings import Settings
+from tests.conftest import free_port
 
 
 def png_bytes(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
@@ -56,3 +63,41 @@ def post_run(client: TestClient, program: str, images: dict[str, bytes] | None =
     assert r.status_code == 200, r.text
     record: dict[str, Any] = r.json()
     return record
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_server(extra: dict[str, str], packs: str = "core,fault",
+                 timeout_s: float = 180.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``nsx serve`` in a process of its own on a free port, with ``packs`` and the ``NSX_*`` settings
+    in ``extra`` (none inherited), once /readyz answers: the process and its base URL. Its output
+    goes to a file, whose tail an assertion shows if it exits before it is ready."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSX_")}
+    env.update({"NSX_PORT": str(port), "NSX_PACKS": packs, "PYTHONPATH": str(ROOT), **extra})
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - the server writes to it for as long as it runs
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(log.read().decode(errors="replace")[-3000:])
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the server did not stop within {timeout_s:g} s of SIGTERM") from None

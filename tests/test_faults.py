@@ -5,9 +5,7 @@ message, and the service keeps answering — during the fault and after it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,14 +16,14 @@ import httpx
 import pytest
 
 from modules.packs import installed_packs, load_packs
-from tests.conftest import free_port
+from tests.apputil import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[str]:
-    proc, url = _start({"NSX_STEP_TIMEOUT_S": "0.5"})
+    proc, url = start_server({"NSX_STEP_TIMEOUT_S": "0.5"})
     try:
         yield url
     finally:
@@ -108,25 +106,6 @@ def test_bad_arguments_to_a_fault_are_its_steps_error(served: str) -> None:
     assert record["status"] == "failed" and "seconds must be a number" in record["steps"][0]["error"]
 
 
-def _start(extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NSX_")}
-    env.update({"NSX_PORT": str(port), "NSX_PACKS": "core,fault", "PYTHONPATH": str(ROOT), **extra})
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (proc.stdout.read().decode() if proc.stdout else "")[-3000:]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.1)
-
-
 def _in_flight(url: str, program: str) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
 
@@ -143,7 +122,7 @@ def _in_flight(url: str, program: str) -> tuple[threading.Thread, list[Any]]:
 
 
 def test_a_run_in_flight_finishes_when_the_server_is_told_to_stop() -> None:
-    proc, url = _start({"NSX_STEP_TIMEOUT_S": "30", "NSX_SHUTDOWN_TIMEOUT_S": "20"})
+    proc, url = start_server({"NSX_STEP_TIMEOUT_S": "30", "NSX_SHUTDOWN_TIMEOUT_S": "20"})
     try:
         t, out = _in_flight(url, "x = HANG(seconds=1.5)")
         proc.terminate()
@@ -161,7 +140,7 @@ def test_a_run_in_flight_finishes_when_the_server_is_told_to_stop() -> None:
 
 
 def test_a_stuck_run_holds_shutdown_only_for_the_shutdown_timeout() -> None:
-    proc, url = _start({"NSX_STEP_TIMEOUT_S": "600", "NSX_SHUTDOWN_TIMEOUT_S": "2"})
+    proc, url = start_server({"NSX_STEP_TIMEOUT_S": "600", "NSX_SHUTDOWN_TIMEOUT_S": "2"})
     try:
         t, _ = _in_flight(url, "x = HANG(seconds=300)")
         t0 = time.monotonic()
@@ -175,7 +154,7 @@ def test_a_stuck_run_holds_shutdown_only_for_the_shutdown_timeout() -> None:
 
 
 def test_a_client_that_goes_away_cancels_its_run_but_not_a_shared_step() -> None:
-    proc, url = _start({"NSX_STEP_TIMEOUT_S": "30"})
+    proc, url = start_server({"NSX_STEP_TIMEOUT_S": "30"})
     try:
         def impatient(program: str) -> None:
             with pytest.raises(httpx.TimeoutException):

@@ -6,16 +6,20 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ..deps import service, tenant_of, tenant_store
-from ..errors import ApiError, responses
+from ..errors import ERROR_KIND, ApiError, responses
 from ..inputs import RunRequest, load_images, read_run
-from ..records import RunRecord, StepRecord
+from ..live import Event, record_events, sse
+from ..records import RunAccepted, RunRecord, StepRecord
 from ..service import Service
 from ..store import Store
+from ..view import PAGE_CSP, error_page, render_body, render_run, render_step
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 log = logging.getLogger("nsx.runs")
@@ -33,13 +37,18 @@ _RUN_BODY = {"requestBody": {"required": True, "content": {
 EXTRA_SCHEMAS = (RunRequest,)
 
 
-@router.post("", response_model=RunRecord, responses=responses(400, 401, 413, 415, 422, 429, 503),
+_ACCEPTED: dict[int | str, dict[str, Any]] = {202: {
+    "model": RunAccepted, "description": 'An async run ("options": {"async": true}), started.'}}
+
+
+@router.post("", response_model=RunRecord, responses={**_ACCEPTED, **responses(400, 401, 413, 415, 422, 429, 503)},
              openapi_extra=_RUN_BODY)
 async def create_run(request: Request, svc: Service = Depends(service),
                      store: Store = Depends(tenant_store)) -> Response:
     """Run a program on images. JSON with base64 images or ``sha256:`` references, or multipart
     with a ``program`` field and one file per image variable. A run that fails in a step is still
-    a 200: its record says which step failed and why."""
+    a 200: its record says which step failed and why. With ``"options": {"async": true}`` the
+    answer is a 202 at once, and the run goes on in the background (see ``/v1/runs/{id}/events``)."""
     t0 = time.perf_counter()
     if getattr(request.app.state, "draining", False):
         raise ApiError(503, "this server is shutting down and takes no new runs", hint="retry: another server "
@@ -52,10 +61,17 @@ async def create_run(request: Request, svc: Service = Depends(service),
     tenant = tenant_of(request)
     await svc.galleries.ensure(tenant)
     images = await load_images(run, plan.inputs, svc.settings, store)
+    unused = [n for n in run.names if n not in images]
+    if run.options.run_async:
+        live = svc.runs.start(run.program, images, plan=plan, cache=run.options.cache, timeout_s=run.options.timeout_s,
+                              started=t0, store=store, tenant=tenant, unused=unused)
+        url = f"/v1/runs/{live.run_id}"
+        accepted = RunAccepted(run_id=live.run_id, status="running", url=url, events=f"{url}/events",
+                               view=f"{url}/view")
+        return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
     running = asyncio.ensure_future(svc.runs.run(run.program, images, cache=run.options.cache,
                                                  timeout_s=run.options.timeout_s, started=t0, store=store,
-                                                 tenant=tenant, plan=plan,
-                                                 unused=[n for n in run.names if n not in images]))
+                                                 tenant=tenant, plan=plan, unused=unused))
     gone = asyncio.ensure_future(_disconnect(request))
     try:
         await asyncio.wait({running, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -86,10 +102,67 @@ async def _stored(store: Store, run_id: str) -> bytes:
     return data
 
 
+async def _record(request: Request, svc: Service, store: Store, run_id: str) -> dict[str, Any]:
+    """A run as it stands: a run in flight on this process from its live state, else its stored record."""
+    live = svc.runs.live.get(tenant_of(request), run_id)
+    if live is not None:
+        return live.state()
+    doc: dict[str, Any] = json.loads(await _stored(store, run_id))
+    return doc
+
+
 @router.get("/{run_id}", response_model=RunRecord, responses=responses(401, 404, 422))
-async def get_run(run_id: str, store: Store = Depends(tenant_store)) -> Response:
-    """A run record by id: program, plan, every step, timings, module versions."""
+async def get_run(run_id: str, request: Request, svc: Service = Depends(service),
+                  store: Store = Depends(tenant_store)) -> Response:
+    """A run record by id: program, plan, every step, timings, module versions. An async run in
+    flight answers its state: status "running", and its steps so far (the others "pending")."""
+    live = svc.runs.live.get(tenant_of(request), run_id)
+    if live is not None and live.record is None:
+        return JSONResponse(live.state())
     return Response(await _stored(store, run_id), media_type="application/json")
+
+
+_EVENTS: dict[int | str, dict[str, Any]] = {200: {
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "description": 'Server-Sent Events: "step" as each step ends ({"step": its record, "html": its section of the '
+                   'rationale page}), then "run" ({"record": the run\'s record, "html": the page\'s content}).'}}
+
+
+@router.get("/{run_id}/events", response_class=StreamingResponse, responses={**_EVENTS, **responses(401, 404, 422)})
+async def run_events(run_id: str, request: Request, svc: Service = Depends(service),
+                     store: Store = Depends(tenant_store)) -> StreamingResponse:
+    """A run's steps as Server-Sent Events as they end, then a final event with its record. A run that
+    has ended already replays its steps from its record."""
+    live = svc.runs.live.get(tenant_of(request), run_id)
+    events = live.events() if live is not None else record_events(json.loads(await _stored(store, run_id)))
+
+    async def encoded(events: AsyncIterator[Event]) -> AsyncIterator[tuple[str, str]]:
+        n = 0
+        async for name, doc in events:
+            if name == "step":
+                n += 1
+                yield name, json.dumps({"step": doc, "html": render_step(doc, n)})
+            else:
+                yield name, json.dumps({"record": doc, "html": render_body(doc)})
+
+    return StreamingResponse(sse(encoded(events)), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{run_id}/view", response_class=HTMLResponse, responses={
+    200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The run's rationale page."},
+    **responses(401, 404, 422)})
+async def view_run(run_id: str, request: Request, svc: Service = Depends(service),
+                   store: Store = Depends(tenant_store)) -> HTMLResponse:
+    """A run's rationale page: the program, and every step with its inputs and outputs drawn."""
+    try:
+        doc = await _record(request, svc, store, run_id)
+    except ApiError as e:
+        # The same error as the API's, as a page a person reads.
+        request.scope[ERROR_KIND] = e.kind
+        return HTMLResponse(error_page(e.status, e.body["message"], e.body.get("hint")), status_code=e.status,
+                            headers={"Content-Security-Policy": PAGE_CSP})
+    return HTMLResponse(render_run(doc), headers={"Content-Security-Policy": PAGE_CSP})
 
 
 @router.get("/{run_id}/steps/{step_id}", response_model=StepRecord, responses=responses(401, 404, 422))
