@@ -83,7 +83,7 @@ class ApiKeys:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
-            tenant = self.keys.tenant_of(presented_key(scope["headers"], scope["method"]))
+            tenant = self.keys.tenant_of(presented_key(scope["headers"], scope.get("method", "GET")))
             if tenant is not None:
                 scope[TENANT] = tenant
             else:

@@ -60,6 +60,11 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": _WHY[s]} for s in statuses}
 
 
+def page_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a page's error statuses: the same errors, as a page."""
+    return {s: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": _WHY[s]} for s in statuses}
+
+
 def error_response(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None,
                    rendered: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"errors": errors}

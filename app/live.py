@@ -1,9 +1,10 @@
 """Runs in flight that someone may watch: asynchronous runs (``"options": {"async": true}``) answer at
 once, and their state and their steps' events are read from here while they run.
 
-A ``LiveRun`` lives in the process that runs it, from its start until a short while after its
-record is written (``LiveRuns.linger_s``): a client that opens the events just after the end still
-gets them from here, and later ones from the stored record (``record_events``)."""
+A ``LiveRun`` lives in the process that runs it, from its start until its record is written: those
+watching it then get the end from here, and anyone who asks later reads the stored record (its
+events replayed by ``record_events``). A deployment of several processes behind one address sees a
+run in flight only on the process that runs it."""
 
 from __future__ import annotations
 
@@ -104,8 +105,7 @@ async def record_events(record: Mapping[str, Any]) -> AsyncIterator[Event]:
 class LiveRuns:
     """The runs in flight on this process, by tenant and id."""
 
-    def __init__(self, linger_s: float = 60.0) -> None:
-        self.linger_s = linger_s
+    def __init__(self) -> None:
         self._runs: dict[tuple[str, str], LiveRun] = {}
 
     def add(self, run: LiveRun) -> None:
@@ -115,9 +115,9 @@ class LiveRuns:
         return self._runs.get((tenant, run_id))
 
     def ended(self, run: LiveRun) -> None:
-        """``run`` has its record: kept a while for late watchers, then only the store has it."""
-        key = (run.tenant, run.run_id)
-        asyncio.get_running_loop().call_later(self.linger_s, self._runs.pop, key, None)
+        """``run`` has its record, in the store already: those watching it hold it still, and the
+        store answers everyone else."""
+        self._runs.pop((run.tenant, run.run_id), None)
 
     def running(self) -> list[LiveRun]:
         return [r for r in self._runs.values() if r.record is None]

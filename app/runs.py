@@ -47,6 +47,8 @@ class RunService:
         self.run_limits = run_limits
         self.metrics = metrics
         self.active = 0
+        # Async runs admitted whose task has not begun (and so is not counted in ``active`` yet).
+        self.starting = 0
         self.live = LiveRuns()
 
     def compile(self, program: str, image_names: Iterable[str] | None, *, count: bool = True) -> Plan:
@@ -72,7 +74,7 @@ class RunService:
         """QueueFull when the service cannot take ``plan`` now (its modules' queues, or the runs in
         flight, are full): asked before a request's images are decoded, and again by ``run``."""
         self.pool.admit(plan)
-        if self.active >= self.run_limits.max_concurrent_runs:
+        if self.active + self.starting >= self.run_limits.max_concurrent_runs:
             raise QueueFull("nsx", 1.0)
 
     async def run(self, program: str, images: Mapping[str, ImageValue], *, cache: bool = True,
@@ -167,6 +169,7 @@ class RunService:
                        steps=[new_record(s) for s in plan.steps])
 
         async def go() -> None:
+            self.starting -= 1  # ``run`` counts itself in ``active`` before it first waits
             try:
                 record = await self.run(program, images, cache=cache, timeout_s=timeout_s, on_step=live.step_ended,
                                         started=started, plan=plan, store=store, tenant=tenant, unused=unused,
@@ -178,6 +181,7 @@ class RunService:
             live.finish(record)
             self.live.ended(live)
 
+        self.starting += 1
         live.task = asyncio.get_running_loop().create_task(go())
         self.live.add(live)
         return live

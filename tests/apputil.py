@@ -79,6 +79,7 @@ def start_server(extra: dict[str, str], packs: str = "core,fault",
     log = tempfile.TemporaryFile()  # noqa: SIM115 - the server writes to it for as long as it runs
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
+    _LOGS[proc.pid] = log
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:
@@ -92,6 +93,17 @@ def start_server(extra: dict[str, str], packs: str = "core,fault",
             pass
         assert time.monotonic() < deadline, "the server never became ready"
         time.sleep(0.1)
+
+
+_LOGS: dict[int, Any] = {}
+
+
+def server_output(proc: subprocess.Popen[bytes]) -> str:
+    """What a server from ``start_server`` has written so far (stdout and stderr)."""
+    log = _LOGS[proc.pid]
+    log.seek(0)
+    text: str = log.read().decode(errors="replace")
+    return text
 
 
 def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from modules.packs import installed_packs, load_packs
-from tests.apputil import start_server
+from tests.apputil import server_output, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_a_run_in_flight_finishes_when_the_server_is_told_to_stop() -> None:
         assert out[0].json()["status"] == "succeeded"
         assert proc.wait(timeout=20) in (0, -15)  # uvicorn ends by the signal it was sent, once done
         # Every line the served process wrote is one JSON object; the run is one of them.
-        lines = [json.loads(line) for line in (proc.stdout.read().decode() if proc.stdout else "").splitlines()]
+        lines = [json.loads(line) for line in server_output(proc).splitlines()]
         runs = [d for d in lines if d.get("event") == "run"]
         assert runs and runs[0]["run_id"] == out[0].json()["run_id"] and runs[0]["status"] == "succeeded"
         assert any(d["logger"].startswith("uvicorn") for d in lines)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ..deps import service, tenant_of, tenant_store
-from ..errors import ERROR_KIND, ApiError, responses
+from ..errors import ERROR_KIND, ApiError, page_responses, responses
 from ..inputs import RunRequest, load_images, read_run
 from ..live import Event, record_events, sse
 from ..records import RunAccepted, RunRecord, StepRecord
@@ -151,7 +151,7 @@ async def run_events(run_id: str, request: Request, svc: Service = Depends(servi
 
 @router.get("/{run_id}/view", response_class=HTMLResponse, responses={
     200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The run's rationale page."},
-    **responses(401, 404, 422)})
+    **page_responses(401, 404)})
 async def view_run(run_id: str, request: Request, svc: Service = Depends(service),
                    store: Store = Depends(tenant_store)) -> HTMLResponse:
     """A run's rationale page: the program, and every step with its inputs and outputs drawn."""
