@@ -151,7 +151,7 @@ async def run_events(run_id: str, request: Request, svc: Service = Depends(servi
 
 @router.get("/{run_id}/view", response_class=HTMLResponse, responses={
     200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The run's rationale page."},
-    **page_responses(401, 404)})
+    **page_responses(401, 404), **responses(422)})
 async def view_run(run_id: str, request: Request, svc: Service = Depends(service),
                    store: Store = Depends(tenant_store)) -> HTMLResponse:
     """A run's rationale page: the program, and every step with its inputs and outputs drawn."""
