@@ -151,7 +151,10 @@ async def run_events(run_id: str, request: Request, svc: Service = Depends(servi
 
 @router.get("/{run_id}/view", response_class=HTMLResponse, responses={
     200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The run's rationale page."},
-    **page_responses(401, 404), **responses(422)})
+    **page_responses(401, 404),
+    # FastAPI gives every response of an HTML route its media type: the error body's is said here.
+    422: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+          "description": "The request is invalid; the body says where and how to fix it."}})
 async def view_run(run_id: str, request: Request, svc: Service = Depends(service),
                    store: Store = Depends(tenant_store)) -> HTMLResponse:
     """A run's rationale page: the program, and every step with its inputs and outputs drawn."""
