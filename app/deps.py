@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -66,7 +67,7 @@ def presented_key(headers: list[tuple[bytes, bytes]], method: str = "GET") -> by
         for part in cookies.split(b";"):
             name, _, value = part.strip().partition(b"=")
             if name == KEY_COOKIE.encode():
-                given = value
+                given = unquote_to_bytes(value)  # POST /v1/session quotes it: a key may hold ; or =
     return given
 
 
@@ -82,7 +83,9 @@ class ApiKeys:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
+        if (scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/")
+                # Forgetting the key cookie needs no key: a browser holding a stale one can still do it.
+                and not (scope["path"] == "/v1/session" and scope.get("method") == "DELETE")):
             tenant = self.keys.tenant_of(presented_key(scope["headers"], scope.get("method", "GET")))
             if tenant is not None:
                 scope[TENANT] = tenant

@@ -37,6 +37,7 @@ _WHY = {
     400: "The body could not be read: malformed multipart or JSON, or text that is not UTF-8.",
     401: "Missing or wrong API key.",
     404: "No such resource (or it has expired).",
+    409: "The resource is not in a state that allows this (a run that has ended cannot be cancelled).",
     413: "The body, an image or its pixel count is over the server's limit.",
     415: "The body's content type is not one this route reads (JSON, or a multipart form where documented).",
     422: "The request or the program is invalid; the body says where and how to fix it.",
@@ -48,7 +49,7 @@ _WHY = {
 
 # The class of an error by its status, for ``nsx_http_errors_total{kind}``; raise sites may name a
 # finer one (``ApiError(kind=…)``).
-KINDS = {400: "unreadable_body", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+KINDS = {400: "unreadable_body", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
          413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "overloaded", 503: "unavailable",
          500: "internal"}
 # Where handlers leave the class for the counter in front of the app (deps.ErrorCounter).

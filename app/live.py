@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import InputImage, RunRecord, StepRecord, linked
+from .records import InputImage, RunRecord, RunWarning, StepRecord, linked
+
+log = logging.getLogger("nsx.runs")
 
 __all__ = ["Event", "LiveRun", "LiveRuns", "record_events", "sse"]
 
@@ -38,12 +41,15 @@ class LiveRun:
     fingerprint: str
     inputs: dict[str, InputImage]
     steps: list[StepRecord]
+    warnings: list[RunWarning] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     # Step ids in the order they ended: the events replay them in that order.
     ended: list[str] = field(default_factory=list)
     record: RunRecord | None = None
     task: asyncio.Task[Any] | None = None
+    # Why it was cancelled, when it was: its record's error.
+    cancelled: str | None = None
     _tick: asyncio.Event = field(default_factory=asyncio.Event)
 
     def step_ended(self, step: StepRecord) -> None:
@@ -72,7 +78,8 @@ class LiveRun:
             "steps": [step_doc(s) for s in self.steps],
             "timings": {"compile_ms": 0.0, "execute_ms": round(elapsed, 3), "total_ms": round(elapsed, 3)},
             "program": self.program, "plan_fingerprint": self.fingerprint,
-            "inputs": {n: im.model_dump() for n, im in self.inputs.items()}, "warnings": [],
+            "inputs": {n: im.model_dump() for n, im in self.inputs.items()},
+            "warnings": [w.model_dump() for w in self.warnings],
             "modules": {s.module: s.version for s in self.steps}, "created_at": self.started_at,
             "persisted": False,
         }
@@ -125,19 +132,28 @@ class LiveRuns:
     def __len__(self) -> int:
         return len(self._runs)
 
-    async def close(self) -> None:
-        """Cancel what still runs (shutdown): their records are not written."""
+    async def close(self, wait_s: float = 0.0) -> None:
+        """At shutdown: let what still runs end for up to ``wait_s``, then cancel the rest, whose
+        records say the server shut down before they ended."""
         tasks = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        if tasks and wait_s > 0:
+            log.info("waiting up to %.0f s for %d async runs", wait_s, len(tasks))
+            await asyncio.wait(tasks, timeout=wait_s)
+        for run in list(self._runs.values()):
+            if run.task is not None and not run.task.done():
+                run.cancelled = "the server shut down before the run ended"
+                run.task.cancel()
+        left = [t for t in tasks if not t.done()]
+        if left:
+            await asyncio.wait(left, timeout=5)
         self._runs.clear()
 
 
 async def sse(events: AsyncIterator[tuple[str, str]], keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
     """Server-Sent Events from (event, JSON data) pairs, numbered from 1, with a comment line every
-    ``keepalive_s`` of silence so that proxies keep an idle stream open."""
+    ``keepalive_s`` of silence so that proxies keep an idle stream open. The headers are sent by
+    then, so a failure in ``events`` ends the stream with a "failure" event that says so (and
+    ``retry`` set far off), rather than a dropped connection a browser would reopen in a loop."""
     n = 0
     it = aiter(events)
     pending: asyncio.Task[tuple[str, str]] | None = None
@@ -152,6 +168,12 @@ async def sse(events: AsyncIterator[tuple[str, str]], keepalive_s: float = 15.0)
             try:
                 name, data = pending.result()
             except StopAsyncIteration:
+                return
+            except Exception as e:
+                log.exception("an event stream failed")
+                message = json.dumps({"message": f"the event stream failed: {type(e).__name__}",
+                                      "hint": "read the run at /v1/runs/{id} instead"})
+                yield f"retry: 3600000\nevent: failure\ndata: {message}\n\n".encode()
                 return
             finally:
                 pending = None

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from modules.batching import QueueFull
@@ -31,6 +31,15 @@ class RunLimits:
     run_timeout_s: float = 300.0
     max_concurrent_runs: int = 512
     run_ttl_s: int | None = 30 * 24 * 3600
+
+
+def run_warnings(plan: Plan, images: Mapping[str, ImageValue], unused: Iterable[str]) -> list[RunWarning]:
+    """The compile's warnings, and one for each image sent that the program does not read."""
+    warnings = [RunWarning.model_validate(w.to_dict()) for w in plan.warnings]
+    idle = [*(name for name in images if name not in plan.inputs), *unused]
+    warnings += [RunWarning(message=f"image {name} is not used by the program", code="unused-image")
+                 for name in dict.fromkeys(idle)]
+    return warnings
 
 
 def new_run_id() -> str:
@@ -132,10 +141,7 @@ class RunService:
 
     def _record(self, plan: Plan, images: Mapping[str, ImageValue], execution: Execution, compile_ms: float,
                 t0: float, unused: Iterable[str], run_id: str) -> RunRecord:
-        warnings = [RunWarning.model_validate(w.to_dict()) for w in plan.warnings]
-        idle = [*(name for name in images if name not in plan.inputs), *unused]
-        warnings += [RunWarning(message=f"image {name} is not used by the program", code="unused-image")
-                     for name in dict.fromkeys(idle)]
+        warnings = run_warnings(plan, images, unused)
         for step in execution.steps:
             if step.output is not None:
                 step.output = linked(step.output)
@@ -159,27 +165,36 @@ class RunService:
 
     def start(self, program: str, images: Mapping[str, ImageValue], *, plan: Plan, cache: bool = True,
               timeout_s: float | None = None, started: float | None = None, store: Store | None = None,
-              tenant: str = "", unused: Iterable[str] = ()) -> LiveRun:
+              tenant: str = "", unused: Sequence[str] = ()) -> LiveRun:
         """Start ``run`` in the background and return at once (an async run): its state and its
         steps' events are read from the ``LiveRun`` while it runs, its record from the store after.
         Admitted here, so a full service refuses it now (QueueFull) rather than failing it later."""
         self.admit(plan)
         live = LiveRun(run_id=new_run_id(), tenant=tenant, program=plan.canonical, fingerprint=plan.fingerprint(),
                        inputs={n: InputImage(key=im.key, width=im.width, height=im.height) for n, im in images.items()},
-                       steps=[new_record(s) for s in plan.steps])
+                       steps=[new_record(s) for s in plan.steps], warnings=run_warnings(plan, images, unused))
 
         async def go() -> None:
             self.starting -= 1  # ``run`` counts itself in ``active`` before it first waits
+            target = store if store is not None else self.store
+            record: RunRecord | None = None
             try:
                 record = await self.run(program, images, cache=cache, timeout_s=timeout_s, on_step=live.step_ended,
-                                        started=started, plan=plan, store=store, tenant=tenant, unused=unused,
+                                        started=started, plan=plan, store=target, tenant=tenant, unused=unused,
                                         run_id=live.run_id, admitted=True)
+            except asyncio.CancelledError:
+                # Cancelled by its client (DELETE) or by shutdown: its watchers and its record say so.
+                record = await self._ended_early(live, live.cancelled or "the run was cancelled", target)
+                if self.metrics is not None:
+                    self.metrics.runs.labels("cancelled").inc()
+                raise
             except Exception as e:  # the run's watchers get a failed record, not silence
                 log.exception("async run %s crashed", live.run_id)
-                record = self._crashed(live, f"internal error: {type(e).__name__}: {e}")
-                await self._persist(record, store if store is not None else self.store)
-            live.finish(record)
-            self.live.ended(live)
+                record = await self._ended_early(live, f"internal error: {type(e).__name__}: {e}", target)
+            finally:
+                # Whatever happened above, nobody is left waiting on a run that will never end.
+                live.finish(record if record is not None else self._crashed(live, "the run ended without a record"))
+                self.live.ended(live)
 
         self.starting += 1
         live.task = asyncio.get_running_loop().create_task(go())
@@ -189,7 +204,27 @@ class RunService:
     def _crashed(self, live: LiveRun, error: str) -> RunRecord:
         doc = live.state()
         doc.update(status="failed", error=error, persisted=False)
+        for step in doc["steps"]:
+            if step["status"] == "pending":
+                step.update(status="skipped", error=error)
         return RunRecord.model_validate(doc)
+
+    async def _ended_early(self, live: LiveRun, error: str, store: Store) -> RunRecord:
+        """The record of an async run that did not end by itself, stored as the run's record."""
+        record = self._crashed(live, error)
+        try:
+            await self._persist(record, store)
+        except Exception:  # its watchers still get it from the live run
+            log.exception("the record of async run %s could not be stored", live.run_id)
+        return record
+
+    async def cancel(self, live: LiveRun, reason: str) -> RunRecord | None:
+        """Cancel an async run in flight and wait for its record (None if it had none to give)."""
+        if live.task is not None and not live.task.done():
+            live.cancelled = reason
+            live.task.cancel()
+            await asyncio.wait([live.task])
+        return live.record
 
     async def _persist(self, record: RunRecord, store: Store) -> None:
         ttl = self.run_limits.run_ttl_s

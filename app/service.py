@@ -104,7 +104,7 @@ async def running(settings: Settings, pool: Pool, metrics: Metrics, *, wait: boo
         for task in (svc.loading, svc.warming, watching):
             if task is not None and not task.done():
                 task.cancel()
-        await runs.live.close()
+        await runs.live.close(settings.shutdown_timeout_s)
         await pool.close()
         await store.close()
 

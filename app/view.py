@@ -9,12 +9,16 @@ nothing from outside the server (``PAGE_CSP``)."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
 from .records import artifact_url
+
+log = logging.getLogger("nsx.view")
 
 __all__ = ["PAGE_CSP", "error_page", "page", "render_body", "render_run", "render_step", "render_value"]
 
@@ -28,18 +32,51 @@ PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
            "#469990", "#800000")
 _ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _MAX_LIST_ITEMS = 24  # a list longer than this shows its first items and says how many it holds
+_MAX_DRAWN = 64  # objects drawn and listed per value; the rest are counted
 
 
 def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
+def _num(value: object) -> float | None:
+    """A finite number, or None: JSON writes a NaN or an infinite score as null, and a record read
+    from the store is not re-validated."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def _ms(value: object) -> str:
-    return f"{float(value):.1f} ms" if isinstance(value, (int, float)) else "—"
+    v = _num(value)
+    return f"{v:.1f} ms" if v is not None else "—"
+
+
+def _score(value: object, digits: int = 2) -> str:
+    v = _num(value)
+    return f"{v:.{digits}f}" if v is not None else "?"
+
+
+def _box(value: object) -> tuple[float, float, float, float] | None:
+    if isinstance(value, list) and len(value) == 4:
+        nums = [_num(v) for v in value]
+        if all(n is not None for n in nums):
+            x0, y0, x1, y1 = (float(n) for n in nums if n is not None)
+            return x0, y0, x1, y1
+    return None
 
 
 def render_value(doc: Mapping[str, Any] | None, anchor: str) -> str:
-    """A value of a trace as HTML: ``anchor`` makes the ids inside it (SVG masks) unique on a page."""
+    """A value of a trace as HTML: ``anchor`` makes the ids inside it (SVG masks) unique on a page. A
+    value this page cannot draw is shown as its JSON rather than failing the page."""
+    try:
+        return _value(doc, anchor)
+    except Exception:  # one odd value must not cost the whole page
+        log.warning("a value could not be drawn; shown as JSON", exc_info=True)
+        return f'<pre class="raw">{_e(json.dumps(doc, indent=1, default=str)[:4000])}</pre>'
+
+
+def _value(doc: Mapping[str, Any] | None, anchor: str) -> str:
     if doc is None:
         return '<p class="none">no output</p>'
     kind = doc.get("type")
@@ -70,10 +107,11 @@ def _figure(url: str, width: object, height: object, items: list[Mapping[str, An
             region: str | None = None, caption: str = "") -> str:
     """An image with an SVG drawn over it in the image's own pixel coordinates: a box, a label and a
     score per object, and each mask (a black-and-white PNG) as a tinted layer."""
-    w = width if isinstance(width, (int, float)) and width > 0 else 1
-    h = height if isinstance(height, (int, float)) and height > 0 else 1
+    w = int(_num(width) or 0) or 1
+    h = int(_num(height) or 0) or 1
+    items = items[:_MAX_DRAWN]
     defs, layers = [], []
-    masks = [(i, it.get("mask_url")) for i, it in enumerate(items) if it.get("mask_url")]
+    masks = [(i, str(it["mask_url"])) for i, it in enumerate(items) if it.get("mask_url")]
     if region:
         masks.append((-1, region))
     for i, mask_url in masks:
@@ -86,12 +124,12 @@ def _figure(url: str, width: object, height: object, items: list[Mapping[str, An
     stroke = max(1.0, min(float(w), float(h)) / 200)
     font = max(8.0, min(float(w), float(h)) / 28)
     for i, it in enumerate(items):
-        box = it.get("box")
-        if not (isinstance(box, list) and len(box) == 4):
+        box = _box(it.get("box"))
+        if box is None:
             continue
-        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, y0, x1, y1 = box
         color = PALETTE[i % len(PALETTE)]
-        label = f"{it.get('label', '')} {float(it.get('score', 0)):.2f}".strip()
+        label = f"{it.get('label', '')} {_score(it.get('score'))}".strip()
         ty = y0 - stroke if y0 > font else y0 + font
         layers.append(f'<g class="obj"><rect x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" height="{y1 - y0:g}" '
                       f'fill="none" stroke="{color}" stroke-width="{stroke:g}"/>'
@@ -107,16 +145,17 @@ def _object_table(items: list[Mapping[str, Any]]) -> str:
     if not items:
         return ""
     rows = []
-    for i, it in enumerate(items[:64]):
-        box = it.get("box") or []
+    for i, it in enumerate(items[:_MAX_DRAWN]):
+        box = _box(it.get("box")) or ()
         attrs = it.get("attributes") or {}
         if not isinstance(attrs, dict):
             attrs = {"": attrs}
         rows.append(f'<tr><td><span class="swatch c{i % len(PALETTE)}"></span>{i}</td><td>{_e(it.get("label", ""))}'
-                    f'</td><td>{float(it.get("score", 0)):.3f}</td><td>{_e(", ".join(f"{v:g}" for v in box))}</td>'
+                    f'</td><td>{_score(it.get("score"), 3)}</td><td>{_e(", ".join(f"{v:g}" for v in box))}</td>'
                     f'<td>{_e("; ".join(_attribute(k, v) for k, v in attrs.items()))}</td>'
                     f'<td>{"yes" if it.get("mask_url") else ""}</td></tr>')
-    more = f'<tr><td colspan="6">… and {len(items) - 64} more</td></tr>' if len(items) > 64 else ""
+    more = (f'<tr><td colspan="6">… and {len(items) - _MAX_DRAWN} more</td></tr>'
+            if len(items) > _MAX_DRAWN else "")
     return ('<table class="objects"><thead><tr><th>#</th><th>label</th><th>score</th><th>box</th>'
             f'<th>attributes</th><th>mask</th></tr></thead><tbody>{"".join(rows)}{more}</tbody></table>')
 
@@ -124,9 +163,9 @@ def _object_table(items: list[Mapping[str, Any]]) -> str:
 def _attribute(name: str, value: object) -> str:
     """An object's attribute in a few words: a distribution by its likeliest entry, anything else
     as short JSON."""
-    if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+    if isinstance(value, dict) and value and all(_num(v) is not None for v in value.values()):
         best = max(value, key=lambda k: value[k])
-        return f"{name}: {best} ({float(value[best]):.2f})"
+        return f"{name}: {best} ({_score(value[best])})"
     text = json.dumps(value, ensure_ascii=False)
     return f"{name}: {text if len(text) <= 120 else text[:117] + '…'}"
 

@@ -185,10 +185,65 @@ def test_the_playground_offers_the_examples_its_catalog_runs() -> None:
         assert "shapes-count" not in c.get("/").text
 
 
-def test_an_async_run_in_flight_at_shutdown_is_cancelled() -> None:
-    with client_for(packs="core,fault") as c:
-        r = c.post("/v1/runs", json={"program": "a = SLOW(seconds=2)\nb = a + 1", "options": {"async": True}})
+@pytest.mark.parametrize("wait_s, seconds, status", [(1, 20, "failed"), (30, 1, "succeeded")])
+def test_shutdown_lets_async_runs_end_for_its_timeout_then_cancels_them(wait_s: int, seconds: int,
+                                                                       status: str) -> None:
+    with client_for(packs="core,fault", shutdown_timeout_s=wait_s) as c:
+        r = c.post("/v1/runs", json={"program": f"a = SLOW(seconds={seconds})\nb = a + 1",
+                                     "options": {"async": True}})
         assert r.status_code == 202
         live = c.app.state.svc.runs.live.get("", r.json()["run_id"])  # type: ignore[attr-defined]
         assert live is not None and live.record is None
-    assert live.task is not None and live.task.cancelled()
+    assert live.record is not None and live.record.status == status
+    if status == "failed":
+        assert live.record.error == "the server shut down before the run ended"
+        assert [s.status for s in live.record.steps] == ["skipped", "skipped"]
+
+
+def test_an_async_run_can_be_cancelled_by_its_client(slow_client: TestClient) -> None:
+    run = slow_client.post("/v1/runs", json={"program": "a = SLOW(seconds=5)\nb = a + 1",
+                                             "options": {"async": True}}).json()
+    r = slow_client.delete(run["url"])
+    assert r.status_code == 200, r.text
+    record = r.json()
+    assert record["status"] == "failed" and "cancelled by its client" in record["error"]
+    assert slow_client.get(run["url"]).json() == record
+    events = events_of(slow_client, run["events"])
+    assert events[-1][1] == "run" and events[-1][2]["record"] == record
+    again = slow_client.delete(run["url"])
+    assert again.status_code == 409 and "ended" in again.text
+    assert slow_client.delete("/v1/runs/nope").status_code == 404
+
+
+def test_a_key_with_any_characters_works_through_the_cookie() -> None:
+    with client_for(packs="core", api_keys="alice:tok/en+x==%3B") as c:
+        r = c.post("/v1/runs", json={"program": "x = 1 + 1"}, headers={"X-API-Key": "tok/en+x==%3B"})
+        assert r.status_code == 200
+        assert c.post("/v1/session", headers={"X-API-Key": "tok/en+x==%3B"}).status_code == 200
+        assert c.get(f"/v1/runs/{r.json()['run_id']}/view").status_code == 200
+        c.cookies.clear()
+        assert c.delete("/v1/session").status_code == 204  # forgetting needs no key
+        assert c.get(f"/v1/runs/{r.json()['run_id']}/view").status_code == 401
+
+
+def test_the_page_draws_what_it_can_of_odd_values() -> None:
+    from app.view import render_run
+
+    odd = [
+        {"type": "objects", "image": "sha256:x", "image_size": [10, None], "items": [
+            {"box": [1, None, 3, 4], "score": None, "label": "nan score"}, {"label": "no box"}, {}]},
+        {"type": "objects", "image": "sha256:x", "image_size": [64, 64],
+         "items": [{"box": [i, i, i + 2, i + 2], "score": 0.5, "label": f"o{i}"} for i in range(200)]},
+        {"type": "list", "items": [{"type": "list", "items": [{"type": "number", "value": 1}]}] * 30},
+        {"type": "image", "key": "sha256:y", "width": "wide", "height": -1},
+        {"type": "mystery", "value": {"deep": [1, 2]}},
+        {"type": "text", "value": None},
+        {"no": "type"},
+    ]
+    steps = [{"id": f"s{i + 1}", "module": "M", "version": "1", "vars": [f"v{i}"], "args": {"x": {"step": "s0"}},
+              "status": "succeeded", "output": doc} for i, doc in enumerate(odd)]
+    html = render_run({"run_id": "r", "status": "succeeded", "steps": steps, "program": "v0 = M()",
+                       "timings": {"total_ms": None}, "inputs": {}})
+    assert html.count('<section class="step ') == len(odd)
+    assert "… and 136 more" in html and "… and 6 more" in html
+    assert "<td>nan score</td><td>?</td>" in html and "mystery" in html

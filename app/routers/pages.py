@@ -113,7 +113,8 @@ async def close_session() -> Response:
 _PLAYGROUND = """
 <header class="bar"><h1>nsx playground</h1>
 <form id="keyform" class="key" hidden><label>API key <input id="key" type="password" autocomplete="off"></label>
-<button type="submit">use</button><span id="keystate" class="muted"></span></form></header>
+<button type="submit">use</button><button id="forget" type="button">forget</button>
+<span id="keystate" class="muted"></span></form></header>
 <main class="playground">
 <section class="editor-pane">
   <div class="row"><label>example <select id="examples" data-examples="{{examples}}">

@@ -122,6 +122,19 @@ async def get_run(run_id: str, request: Request, svc: Service = Depends(service)
     return Response(await _stored(store, run_id), media_type="application/json")
 
 
+@router.delete("/{run_id}", response_model=RunRecord, responses=responses(401, 404, 409, 422))
+async def cancel_run(run_id: str, request: Request, svc: Service = Depends(service),
+                     store: Store = Depends(tenant_store)) -> Response:
+    """Cancel an async run in flight: its steps that no other run shares stop, and its record (status
+    "failed", the error saying it was cancelled) is the answer. A run that has ended is a 409."""
+    live = svc.runs.live.get(tenant_of(request), run_id)
+    if live is None or live.record is not None:
+        await _stored(store, run_id)  # 404 for a run that does not exist (or is another tenant's)
+        raise ApiError(409, f"run {run_id} has ended already", hint="only an async run in flight can be cancelled")
+    record = await svc.runs.cancel(live, "cancelled by its client (DELETE /v1/runs/{id})")
+    return Response(record.encoded() if record is not None else b"{}", media_type="application/json")
+
+
 _EVENTS: dict[int | str, dict[str, Any]] = {200: {
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
     "description": 'Server-Sent Events: "step" as each step ends ({"step": its record, "html": its section of the '
@@ -169,9 +182,10 @@ async def view_run(run_id: str, request: Request, svc: Service = Depends(service
 
 
 @router.get("/{run_id}/steps/{step_id}", response_model=StepRecord, responses=responses(401, 404, 422))
-async def get_step(run_id: str, step_id: str, store: Store = Depends(tenant_store)) -> JSONResponse:
-    """One step record of a run."""
-    for step in json.loads(await _stored(store, run_id))["steps"]:
+async def get_step(run_id: str, step_id: str, request: Request, svc: Service = Depends(service),
+                   store: Store = Depends(tenant_store)) -> JSONResponse:
+    """One step record of a run (of a run in flight: as it stands)."""
+    for step in (await _record(request, svc, store, run_id))["steps"]:
         if step["id"] == step_id:
             return JSONResponse(step)  # as it was recorded, like the run it belongs to
     raise ApiError(404, f"run {run_id} has no step {step_id}")

@@ -13,8 +13,9 @@
   const runState = $("runstate");
   const keyed = document.body.dataset.keys === "yes";
   let key = sessionStorage.getItem("nsx-key") || "";
-  // name → File or Blob: one image per program variable
+  // name → File or Blob: one image per program variable; each file's preview URL, revoked with it
   const images = new Map();
+  const previews = new Map();
   let errorLines = new Map();
 
   function headers(extra) {
@@ -27,6 +28,15 @@
     const opts = Object.assign({ credentials: "same-origin" }, options || {});
     opts.headers = headers(opts.headers);
     return fetch(path, opts);
+  }
+
+  // A body as JSON; an answer that is not (a proxy's error page) as an error saying its status.
+  async function json(r) {
+    try {
+      return await r.json();
+    } catch (e) {
+      return { errors: [{ message: `the server answered ${r.status} ${r.statusText} without a JSON body` }] };
+    }
   }
 
   function text(tag, content, cls) {
@@ -56,6 +66,16 @@
     $("keystate").textContent = "key accepted";
     return true;
   }
+
+  $("forget").addEventListener("click", async () => {
+    await fetch("/v1/session", { method: "DELETE", credentials: "same-origin" });
+    key = "";
+    sessionStorage.removeItem("nsx-key");
+    $("key").value = "";
+    catalog = [];
+    renderCatalog();
+    needKey("key forgotten");
+  });
 
   $("keyform").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -123,7 +143,7 @@
     if (r.status === 401) {
       needKey("this server needs an API key");
     } else {
-      const doc = await r.json();
+      const doc = await json(r);
       showDiagnostics(doc.errors || [], "error");
       showDiagnostics(doc.warnings || [], "warning");
       diagnostics.dataset.ok = String(r.ok && doc.ok === true);
@@ -146,6 +166,10 @@
   }
 
   function renderImages() {
+    const kept = new Set(images.values());
+    for (const [file, url] of previews) {
+      if (!kept.has(file)) { URL.revokeObjectURL(url); previews.delete(file); }
+    }
     imagesList.replaceChildren();
     for (const [name, file] of images) {
       const li = document.createElement("li");
@@ -155,14 +179,17 @@
       input.setAttribute("aria-label", "variable name");
       input.addEventListener("change", () => {
         const fresh = input.value.trim();
-        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(fresh) || images.has(fresh)) { input.value = name; return; }
+        // "program" and "options" are the run form's own fields
+        const taken = images.has(fresh) || fresh === "program" || fresh === "options";
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(fresh) || taken) { input.value = name; return; }
         images.delete(name);
         images.set(fresh, file);
         renderImages();
         check();
       });
       const img = document.createElement("img");
-      img.src = URL.createObjectURL(file);
+      if (!previews.has(file)) previews.set(file, URL.createObjectURL(file));
+      img.src = previews.get(file);
       img.alt = file.name || name;
       const remove = text("button", "×", "remove");
       remove.type = "button";
@@ -228,7 +255,7 @@
       return;
     }
     if (r.status === 401) { needKey("this server needs an API key"); runState.textContent = ""; return; }
-    const doc = await r.json();
+    const doc = await json(r);
     if (r.status !== 202) {
       rationale.replaceChildren();
       const box = text("div", "", "failure");
@@ -275,6 +302,11 @@
       rationale.prepend(link);
       runState.textContent = `${data.record.status} in ${Math.round(data.record.timings.total_ms)} ms`;
     });
+    events.addEventListener("failure", (ev) => {
+      events.close();
+      events = null;
+      runState.textContent = JSON.parse(ev.data).message;
+    });
     events.onerror = () => {
       if (events && events.readyState === EventSource.CLOSED) runState.textContent = "the event stream was closed";
     };
@@ -317,7 +349,7 @@
   async function loadCatalog() {
     const r = await api("/v1/modules");
     if (r.status === 401) { needKey("this server needs an API key"); return; }
-    catalog = (await r.json()).modules || [];
+    catalog = (await json(r)).modules || [];
     renderCatalog();
   }
   $("filter").addEventListener("input", renderCatalog);

@@ -15,6 +15,13 @@
     holder.innerHTML = data.html;
     old.replaceWith(holder.firstElementChild);
   });
+  events.addEventListener("failure", (ev) => {
+    events.close();
+    const note = document.createElement("p");
+    note.className = "error";
+    note.textContent = `${JSON.parse(ev.data).message}: reload the page to see where the run is`;
+    article.prepend(note);
+  });
   events.addEventListener("run", (ev) => {
     events.close();
     const holder = document.createElement("div");
