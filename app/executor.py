@@ -115,6 +115,7 @@ class _Run:
     general_tasks: dict[str, asyncio.Task[_Computed]] = field(default_factory=dict)
     persisted: bool = True
     reasons: dict[str, str] = field(default_factory=dict)
+    ended: int = 0  # steps ended so far
 
     def __post_init__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -212,8 +213,11 @@ class Executor:
                 self._count(step.module, "error")
             if not run.done[step.id].done():
                 run.done[step.id].set_result(ok)
-            if run.on_step is not None:
-                run.on_step(rec)
+            if rec.status != "pending":  # still pending: the run was cancelled, and the step never ended
+                run.ended += 1
+                rec.ended = run.ended
+                if run.on_step is not None:
+                    run.on_step(rec)
 
     async def _run_step(self, run: _Run, step: Step, rec: StepRecord) -> bool:
         if not step.pack:

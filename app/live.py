@@ -103,9 +103,13 @@ class LiveRun:
 
 
 async def record_events(record: Mapping[str, Any]) -> AsyncIterator[Event]:
-    """The events of a run that has ended, from its stored record: its steps in plan order, then it."""
-    for step in record.get("steps") or []:
-        yield "step", step
+    """The events of a run that has ended, from its stored record: its steps in the order they ended
+    (as they were sent live, so a client that reconnects with Last-Event-ID resumes where it was),
+    steps that never ended after them in plan order, then the record."""
+    steps = list(record.get("steps") or [])
+    order = sorted(range(len(steps)), key=lambda i: (steps[i].get("ended") is None, steps[i].get("ended") or 0, i))
+    for i in order:
+        yield "step", steps[i]
     yield "run", dict(record)
 
 
@@ -149,12 +153,13 @@ class LiveRuns:
         self._runs.clear()
 
 
-async def sse(events: AsyncIterator[tuple[str, str]], keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
-    """Server-Sent Events from (event, JSON data) pairs, numbered from 1, with a comment line every
+async def sse(events: AsyncIterator[tuple[str, str]], keepalive_s: float = 15.0,
+              first_id: int = 1) -> AsyncIterator[bytes]:
+    """Server-Sent Events from (event, JSON data) pairs, numbered from ``first_id``, with a comment line every
     ``keepalive_s`` of silence so that proxies keep an idle stream open. The headers are sent by
     then, so a failure in ``events`` ends the stream with a "failure" event that says so (and
     ``retry`` set far off), rather than a dropped connection a browser would reopen in a loop."""
-    n = 0
+    n = first_id - 1
     it = aiter(events)
     pending: asyncio.Task[tuple[str, str]] | None = None
     try:

@@ -47,6 +47,8 @@ class StepRecord(BaseModel):
     device: str | None = Field(None, description="where it ran: cpu, cuda, cuda:N")
     batch_size: int | None = Field(None, description="calls in the forward pass it ran in")
     error: str | None = Field(None, description="why it failed or was skipped")
+    ended: int | None = Field(None, description="when it ended among the run's steps (1: first): the order of "
+                                                "the run's step events")
 
 
 class Timings(BaseModel):

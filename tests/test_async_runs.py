@@ -72,6 +72,19 @@ def test_an_async_run_answers_at_once_then_streams_its_steps_and_its_record(slow
     assert [e[1] for e in again] == ["step", "step", "step", "run"] and again[3][2]["record"] == stored
 
 
+def test_events_come_in_the_order_steps_end_and_resume_after_last_event_id(slow_client: TestClient) -> None:
+    program = "a = SLOW(seconds=0.8)\nb = HANG(seconds=0.1)\nc = a + b\n"  # HANG: on the symbolic worker
+    run = slow_client.post("/v1/runs", json={"program": program, "options": {"async": True}}).json()
+    live = events_of(slow_client, run["events"])
+    assert [e[2].get("step", {}).get("id") for e in live] == ["s2", "s1", "s3", None]  # b ends before a
+    assert [e[2]["step"]["ended"] for e in live[:3]] == [1, 2, 3]
+    replay = events_of(slow_client, run["events"])
+    assert [(e[0], e[1], e[2].get("step", {}).get("id")) for e in replay] == [
+        (e[0], e[1], e[2].get("step", {}).get("id")) for e in live]
+    resumed = events_of(slow_client, run["events"], headers={"Last-Event-ID": "2"})
+    assert [(e[0], e[2].get("step", {}).get("id")) for e in resumed] == [("3", "s3"), ("4", None)]
+
+
 def test_the_events_of_an_ended_run_come_from_its_record(slow_client: TestClient) -> None:
     record = post_run(slow_client, "R = REGION(image=IMAGE, box=[0, 0, 10, 10])\nn = COUNT(box=R)",
                       {"IMAGE": png_bytes()})

@@ -145,20 +145,25 @@ _EVENTS: dict[int | str, dict[str, Any]] = {200: {
 async def run_events(run_id: str, request: Request, svc: Service = Depends(service),
                      store: Store = Depends(tenant_store)) -> StreamingResponse:
     """A run's steps as Server-Sent Events as they end, then a final event with its record. A run that
-    has ended already replays its steps from its record."""
+    has ended replays its steps from its record, in the order they ended. Events are numbered: a
+    client that reconnects with ``Last-Event-ID`` (EventSource does) gets only those after it."""
     live = svc.runs.live.get(tenant_of(request), run_id)
     events = live.events() if live is not None else record_events(json.loads(await _stored(store, run_id)))
+    last = request.headers.get("last-event-id", "")
+    seen = int(last) if last.isdigit() and len(last) < 9 else 0
 
     async def encoded(events: AsyncIterator[Event]) -> AsyncIterator[tuple[str, str]]:
         n = 0
         async for name, doc in events:
+            n += 1
+            if n <= seen:
+                continue
             if name == "step":
-                n += 1
                 yield name, json.dumps({"step": doc, "html": render_step(doc, n)})
             else:
                 yield name, json.dumps({"record": doc, "html": render_body(doc)})
 
-    return StreamingResponse(sse(encoded(events)), media_type="text/event-stream",
+    return StreamingResponse(sse(encoded(events), first_id=seen + 1), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
