@@ -110,14 +110,14 @@ def test_an_async_runs_steps_appear_one_by_one(served: str, page: Any) -> None:
 
 
 def test_the_page_of_a_run_in_flight_follows_it_to_its_end(served: str, page: Any) -> None:
-    program = "a = SLOW(seconds=0.5)\nb = SLOW(seconds=a)\nc = b + 1\n"
+    program = "a = SLOW(seconds=1.5)\nb = SLOW(seconds=0.5)\nc = a + b\n"  # long enough to load the page mid-run
     accepted = httpx.post(served + "/v1/runs", json={"program": program, "options": {"async": True}}).json()
     page.goto(served + accepted["view"])
     assert page.get_attribute("body", "data-status") == "running"
     assert page.locator("section.step.pending").count() >= 1
     page.wait_for_selector("header.run[data-status='succeeded']", timeout=60_000)
     assert page.locator("section.step.succeeded").count() == 3
-    assert "1.5" in page.locator("section.result").inner_text()
+    assert "2.0" in page.locator("section.result").inner_text()
 
 
 def test_a_label_holding_a_script_is_shown_as_text(served: str, page: Any) -> None:
