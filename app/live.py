@@ -52,10 +52,13 @@ class LiveRun:
     cancelled: str | None = None
     _tick: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def __post_init__(self) -> None:
+        self._at = {s.id: i for i, s in enumerate(self.steps)}
+
     def step_ended(self, step: StepRecord) -> None:
         """The executor's step hook: ``step`` (its record, by id one of ``steps``) has ended."""
         if step.id not in self.ended:
-            self.steps = [step if s.id == step.id else s for s in self.steps]
+            self.steps[self._at[step.id]] = step
             self.ended.append(step.id)
             self._wake()
 
@@ -89,8 +92,7 @@ class LiveRun:
         sent = 0
         while True:
             while sent < len(self.ended):
-                by_id = {s.id: s for s in self.steps}
-                yield "step", step_doc(by_id[self.ended[sent]])
+                yield "step", step_doc(self.steps[self._at[self.ended[sent]]])
                 sent += 1
             if self.record is not None:
                 # Steps the record holds that never reported (none, unless the run was cut short).
@@ -129,12 +131,6 @@ class LiveRuns:
         """``run`` has its record, in the store already: those watching it hold it still, and the
         store answers everyone else."""
         self._runs.pop((run.tenant, run.run_id), None)
-
-    def running(self) -> list[LiveRun]:
-        return [r for r in self._runs.values() if r.record is None]
-
-    def __len__(self) -> int:
-        return len(self._runs)
 
     async def close(self, wait_s: float = 0.0) -> None:
         """At shutdown: let what still runs end for up to ``wait_s``, then cancel the rest, whose

@@ -581,14 +581,18 @@ class RedisStore:
         if self._in_flight and not self._in_flight.isdisjoint(fulls):
             async with self._flight:
                 pass
-        self._putting.update(fulls)
+        # Only a key the fallback holds can be in a batch; with Redis healthy the fallback is empty,
+        # so the common write marks nothing.
+        held = [f for f in fulls if f in self._fallback._entries] if self._fallback._entries else []
+        self._putting.update(held)
         try:
             yield
         finally:
-            self._putting.subtract(fulls)
-            for f in fulls:
-                if self._putting[f] <= 0:
-                    del self._putting[f]
+            if held:
+                self._putting.subtract(held)
+                for f in held:
+                    if self._putting[f] <= 0:
+                        del self._putting[f]
 
     async def write_back(self, batch: int = 64, batch_bytes: int = 4 * 1024 * 1024) -> int:
         """Copy what the fallback holds to Redis, in pipelined batches, and drop each value from the

@@ -16,11 +16,14 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
+from fastapi.responses import HTMLResponse
+
 from .records import artifact_url
 
 log = logging.getLogger("nsx.view")
 
-__all__ = ["PAGE_CSP", "error_page", "page", "render_body", "render_run", "render_step", "render_value"]
+__all__ = ["PAGE_CSP", "error_page", "html_response", "page", "render_body", "render_run", "render_step",
+           "render_value"]
 
 # Scripts, styles and images from this server only; no inline script or style can run.
 # blob: is the playground's preview of an image picked from the user's own disk.
@@ -266,6 +269,11 @@ def render_run(record: Mapping[str, Any]) -> str:
     return page(f"nsx run {record.get('run_id')}", nav + render_body(record),
                 scripts=["/static/view.js"] if running else [],
                 data={"run": str(record.get("run_id")), "status": str(record.get("status"))})
+
+
+def html_response(html: str, status: int = 200) -> HTMLResponse:
+    """A page as an answer, under this server's policy (``PAGE_CSP``)."""
+    return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": PAGE_CSP})
 
 
 def error_page(status: int, message: str, hint: str | None = None) -> str:

@@ -18,7 +18,7 @@ from program_dsl import ProgramError
 from ..deps import KEY_COOKIE, presented_key, service, tenant_of
 from ..errors import responses
 from ..service import Service
-from ..view import PAGE_CSP, page
+from ..view import html_response, page
 
 router = APIRouter()
 
@@ -85,8 +85,7 @@ async def playground(request: Request, svc: Service = Depends(service)) -> HTMLR
                 for e in available_examples(svc)]
     body = _PLAYGROUND.replace("{{examples}}", escape(json.dumps(examples), quote=True))
     data = {"keys": "yes" if getattr(request.app.state, "keyed", False) else "no"}
-    return HTMLResponse(page("nsx playground", body, scripts=["/static/playground.js"], data=data),
-                        headers={"Content-Security-Policy": PAGE_CSP})
+    return html_response(page("nsx playground", body, scripts=["/static/playground.js"], data=data))
 
 
 @router.post("/v1/session", responses=responses(401), tags=["pages"])

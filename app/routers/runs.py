@@ -19,7 +19,7 @@ from ..live import Event, record_events, sse
 from ..records import RunAccepted, RunRecord, StepRecord
 from ..service import Service
 from ..store import Store
-from ..view import PAGE_CSP, error_page, render_body, render_run, render_step
+from ..view import error_page, html_response, render_body, render_run, render_step
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 log = logging.getLogger("nsx.runs")
@@ -181,9 +181,8 @@ async def view_run(run_id: str, request: Request, svc: Service = Depends(service
     except ApiError as e:
         # The same error as the API's, as a page a person reads.
         request.scope[ERROR_KIND] = e.kind
-        return HTMLResponse(error_page(e.status, e.body["message"], e.body.get("hint")), status_code=e.status,
-                            headers={"Content-Security-Policy": PAGE_CSP})
-    return HTMLResponse(render_run(doc), headers={"Content-Security-Policy": PAGE_CSP})
+        return html_response(error_page(e.status, e.body["message"], e.body.get("hint")), e.status)
+    return html_response(render_run(doc))
 
 
 @router.get("/{run_id}/steps/{step_id}", response_model=StepRecord, responses=responses(401, 404, 422))
